@@ -1,0 +1,1 @@
+"""Keras -> ONNX export with an end-to-end parity check (``python -m export --help``)."""

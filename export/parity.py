@@ -1,0 +1,64 @@
+"""End-to-end parity: trainer path (Keras) vs service path (ONNX) on the same real JPEG files.
+
+Keras side: files -> the trainer's data loader -> ``model.keras`` -> softmax(logits / T).
+ONNX side: file bytes -> the service's :class:`service.runtime.ModelRuntime` (its own
+preprocessing spec from the manifest, its own sha256 check) -> calibrated probabilities.
+Both sides decode with :mod:`service.preprocessing`, as the service does in production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: Largest allowed |p_keras - p_onnx| for any class of any image.
+MAX_ABS_DIFF = 0.01
+#: Share of images whose top class must agree.
+MIN_TOP1_AGREEMENT = 0.995
+
+
+def check_parity(keras_path: Path, model_dir: Path, data_dir: Path, n_images: int) -> dict:
+    """Compare probabilities on up to ``n_images`` test-split images (all of them if fewer exist).
+
+    Returns:
+        ``{"images", "max_abs_diff", "top1_agreement", "thresholds"}``.
+
+    Raises:
+        ExportError: max |diff| > :data:`MAX_ABS_DIFF` or top-1 agreement < :data:`MIN_TOP1_AGREEMENT`,
+            or no test images found.
+    """
+    import keras
+
+    from export.convert import ExportError
+    from service.runtime import ModelRuntime, softmax_with_temperature
+    from trainer.data import load_split, read_labels, select_rows
+
+    runtime = ModelRuntime(model_dir, providers=["CPUExecutionProvider"])
+    rows = select_rows(read_labels(Path(data_dir)), "test", None, 0)[:n_images]
+    if not rows:
+        raise ExportError(f"no test-split images in {data_dir} for the parity check")
+    split = load_split(Path(data_dir), rows, runtime.spec, cache_dir=None, workers=2)
+    model = keras.models.load_model(keras_path, compile=False)
+    temperature = runtime.manifest.calibration.temperature
+    p_keras = softmax_with_temperature(np.asarray(model.predict(split.images.astype(np.float32), batch_size=32, verbose=0)), temperature)
+
+    from service.preprocessing import preprocess_bytes
+
+    p_onnx = []
+    for start in range(0, len(split.paths), 32):
+        batch = np.stack([preprocess_bytes(p.read_bytes(), runtime.spec) for p in split.paths[start:start + 32]])
+        p_onnx.append(runtime.predict_proba(batch))
+    p_onnx = np.concatenate(p_onnx)
+    max_diff = float(np.abs(p_keras - p_onnx).max())
+    agree = float((p_keras.argmax(1) == p_onnx.argmax(1)).mean())
+    result = {"images": len(rows), "max_abs_diff": max_diff, "top1_agreement": agree,
+              "thresholds": {"max_abs_diff": MAX_ABS_DIFF, "min_top1_agreement": MIN_TOP1_AGREEMENT}}
+    print(f"parity on {len(rows)} test images: max |p_keras - p_onnx| = {max_diff:.2e}, "
+          f"top-1 agreement {agree:.4f}", flush=True)
+    if max_diff > MAX_ABS_DIFF or agree < MIN_TOP1_AGREEMENT:
+        raise ExportError(
+            f"parity check failed on {len(rows)} images: max abs diff {max_diff:.4g} (limit {MAX_ABS_DIFF}), "
+            f"top-1 agreement {agree:.4f} (limit {MIN_TOP1_AGREEMENT}); nothing written"
+        )
+    return result

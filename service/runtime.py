@@ -1,0 +1,159 @@
+"""The model runtime: one onnxruntime InferenceSession plus the manifest that describes it.
+
+Knows about onnxruntime, execution providers, threads and the model directory; knows nothing
+about HTTP, queues or batching. Loading verifies the sha256 of ``model.onnx`` against the
+manifest, so a corrupt or swapped file is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from schemas.manifest import Manifest
+from service.preprocessing import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory cannot be served (missing file, bad manifest, sha256 mismatch, bad graph)."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in ``chunk``-byte pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_manifest(model_dir: Path) -> Manifest:
+    """Parse and validate ``model_dir/manifest.json``.
+
+    Raises:
+        ModelLoadError: missing or invalid manifest.
+    """
+    path = Path(model_dir) / "manifest.json"
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"no manifest.json in {model_dir}") from exc
+    except ValueError as exc:
+        raise ModelLoadError(f"invalid manifest {path}: {exc}") from exc
+
+
+def softmax_with_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated probabilities ``softmax(logits / temperature)`` along the last axis.
+
+    Args:
+        logits: float32 ``(B, K)``.
+        temperature: > 0, fitted on the validation split (Guo et al., ICML 2017).
+
+    Returns:
+        float32 ``(B, K)``, rows summing to 1.
+    """
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class ModelRuntime:
+    """One onnxruntime session serving one model directory.
+
+    Attributes:
+        manifest: the parsed manifest.
+        spec: the preprocessing spec (input size, resize method) derived from the manifest.
+        provider: the execution provider actually in use (e.g. ``CPUExecutionProvider``).
+    """
+
+    def __init__(self, model_dir: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
+                 inter_op_threads: int = 1, max_image_pixels: int | None = None) -> None:
+        """Load and verify a model directory.
+
+        Args:
+            model_dir: folder with ``manifest.json`` and the ONNX file it names.
+            providers: preferred execution providers; those not available in this onnxruntime
+                build are skipped (CPU is always appended as the last resort).
+            intra_op_threads: onnxruntime intra-op threads (0 = onnxruntime's default).
+            inter_op_threads: onnxruntime inter-op threads.
+            max_image_pixels: decoded-pixel limit for :attr:`spec` (None = preprocessing default).
+
+        Raises:
+            ModelLoadError: missing files, invalid manifest, sha256 mismatch, or a graph whose
+                input/output does not match the manifest.
+        """
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        self.manifest = load_manifest(self.model_dir)
+        model_path = self.model_dir / self.manifest.model_file
+        if not model_path.is_file():
+            raise ModelLoadError(f"model file {model_path} does not exist")
+        digest = sha256_file(model_path)
+        if digest != self.manifest.sha256:
+            raise ModelLoadError(
+                f"sha256 of {model_path} is {digest} but the manifest says {self.manifest.sha256}: "
+                "refusing to serve a model that is not the one described"
+            )
+        available = ort.get_available_providers()
+        wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available]
+        if "CPUExecutionProvider" not in wanted:
+            wanted.append("CPUExecutionProvider")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelLoadError(f"onnxruntime cannot load {model_path}: {exc}") from exc
+        self.provider = self.session.get_providers()[0]
+        inp = self.session.get_inputs()[0]
+        out = self.session.get_outputs()[0]
+        m = self.manifest
+        if inp.name != m.input.name or out.name != m.output.name:
+            raise ModelLoadError(
+                f"graph has input {inp.name!r} / output {out.name!r}, manifest says {m.input.name!r} / {m.output.name!r}"
+            )
+        if list(inp.shape[1:]) != [m.input.height, m.input.width, m.input.channels]:
+            raise ModelLoadError(f"graph input shape {inp.shape} does not match the manifest's input size")
+        self.input_dtype = np.uint8 if m.input.dtype == "uint8" else np.float32
+        self.spec = PreprocessSpec(
+            height=m.input.height, width=m.input.width, resize_method=m.input.resize_method,
+            **({"max_pixels": max_image_pixels} if max_image_pixels else {}),
+        )
+        log.info("loaded model %s %s from %s on %s", m.name, m.version, self.model_dir, self.provider)
+
+    @property
+    def class_codes(self) -> list[str]:
+        """Class codes in output order."""
+        return self.manifest.class_codes
+
+    def run_logits(self, batch: np.ndarray) -> np.ndarray:
+        """Run the graph on a batch.
+
+        Args:
+            batch: ``(B, H, W, 3)`` RGB in 0..255, dtype uint8 (or float32; cast to the graph's type).
+
+        Returns:
+            logits, float32 ``(B, K)`` in manifest class order.
+        """
+        if batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
+        (logits,) = self.session.run([self.manifest.output.name], {self.manifest.input.name: batch})
+        return logits
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities float32 ``(B, K)`` for a batch (see :meth:`run_logits`)."""
+        return softmax_with_temperature(self.run_logits(batch), self.manifest.calibration.temperature)
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run the graph once per batch size on zeros so the first real request is not slow."""
+        for b in batch_sizes:
+            self.run_logits(np.zeros((b, self.spec.height, self.spec.width, 3), dtype=self.input_dtype))

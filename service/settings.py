@@ -1,0 +1,78 @@
+"""Service configuration from ``DERMSERVE_*`` environment variables (pydantic-settings).
+
+Every field is documented; ``python -c "from service.settings import Settings; print(Settings())"``
+shows the effective values. A ``.env`` file in the working directory is read too.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The bundled default model directory, relative to the repository root.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+class Settings(BaseSettings):
+    """All settings of the service. Environment variable = ``DERMSERVE_`` + field name in capitals."""
+
+    model_config = SettingsConfigDict(env_prefix="DERMSERVE_", env_file=".env", extra="ignore",
+                                      protected_namespaces=("settings_",))
+
+    # --- model -------------------------------------------------------------------------------
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="model directory: model.onnx + manifest.json")
+    providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
+    )
+    intra_op_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="onnxruntime intra-op threads (default: cores)"
+    )
+    inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads")
+    decode_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="threads decoding and resizing images"
+    )
+    # --- server ------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="bind address; the default accepts local connections only")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
+    log_level: str = Field("info", description="debug | info | warning | error")
+    # --- dynamic batching --------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1, description="images per onnxruntime call at most")
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0, description="how long an open batch waits for more images (ms); a lone image on an idle "
+        "queue runs without waiting"
+    )
+    max_queue_images: int = Field(256, ge=1, description="images waiting for inference at most; beyond: 503")
+    request_timeout_ms: float = Field(
+        10_000, gt=0, description="deadline per request (ms); images not started by then are dropped -> 504"
+    )
+    # --- request limits ----------------------------------------------------------------------
+    max_images_per_request: int = Field(64, ge=1, description="images in one /predict request at most; beyond: 413")
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="request body size limit in bytes (Triton's default 64 MB); beyond: 413"
+    )
+    max_image_pixels: int = Field(40_000_000, ge=1, description="decoded width*height limit per image (pixels)")
+    # --- referral rule -----------------------------------------------------------------------
+    referral_malignant_threshold: float | None = Field(
+        None, ge=0, le=1, description="override the manifest's malignant-probability referral threshold"
+    )
+    referral_min_top_probability: float | None = Field(
+        None, ge=0, le=1, description="override the manifest's minimum top-1 probability (below it: refer)"
+    )
+    # --- access ------------------------------------------------------------------------------
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="accepted API keys (JSON list); empty = no authentication"
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins; empty = CORS off")
+    # --- shutdown ----------------------------------------------------------------------------
+    shutdown_grace_s: float = Field(30.0, ge=0, description="seconds to drain accepted work on SIGTERM")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (FastAPI dependency; cached)."""
+    return Settings()

@@ -1,0 +1,49 @@
+"""``python -m trainer``: train a model on a HAM10000-style dataset (labels.csv + images/)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from trainer.config import TrainConfig
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    data_dir: Path = typer.Option(TrainConfig().data_dir, help="folder with labels.csv and images/ (env DERMSERVE_DATA_DIR)"),
+    output_dir: Path = typer.Option(Path("runs/latest"), help="where model.keras, metrics and report go"),
+    arch: str = typer.Option("mobilenetv2", help="mobilenetv2 | simple_cnn"),
+    weights: Optional[Path] = typer.Option(TrainConfig().weights, help="ImageNet backbone .h5 (../shared/weights/)"),
+    image_size: int = typer.Option(160, help="square input size, pixels"),
+    head_epochs: int = typer.Option(2),
+    finetune_epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(32),
+    finetune_lr: float = typer.Option(3e-4),
+    imbalance: str = typer.Option("class_weight", help="class_weight | sqrt_class_weight | none"),
+    limit_per_split: Optional[int] = typer.Option(None, help="at most this many images per split (smoke tests)"),
+    seed: int = typer.Option(42),
+    no_augment: bool = typer.Option(False, help="disable augmentation"),
+    no_gallery: bool = typer.Option(False, help="skip the image gallery PNGs"),
+    config_json: Optional[Path] = typer.Option(None, help="a config.json to start from; flags given override it"),
+) -> None:
+    """Train, select the best epoch on val balanced accuracy, calibrate on val, report on test."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    base = json.loads(config_json.read_text()) if config_json else {}
+    cfg = TrainConfig(**(base | dict(
+        data_dir=data_dir, output_dir=output_dir, arch=arch, weights=weights, image_size=image_size,
+        head_epochs=head_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
+        finetune_lr=finetune_lr, imbalance=imbalance, limit_per_split=limit_per_split, seed=seed,
+        augment=not no_augment, gallery=not no_gallery)))
+    from trainer.train import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,53 @@
+"""The trainer's configuration: every knob of a run, saved verbatim next to the model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+#: Where the dataset lives unless told otherwise (``DERMSERVE_DATA_DIR`` overrides).
+DEFAULT_DATA_DIR = Path(os.environ.get("DERMSERVE_DATA_DIR", "../shared/data/ham10000"))
+#: Where the verified ImageNet weights live unless told otherwise (``DERMSERVE_WEIGHTS_DIR``).
+DEFAULT_WEIGHTS_DIR = Path(os.environ.get("DERMSERVE_WEIGHTS_DIR", "../shared/weights"))
+#: Keras Applications' MobileNetV2 alpha 0.5 no-top file (see ../shared/weights/README.md).
+MOBILENETV2_050_WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
+
+
+class TrainConfig(BaseModel):
+    """One training run. Saved as ``config.json`` in the output directory.
+
+    Image size is square (height = width, pixels); the 200x150 dataset images are resized to it
+    with the shared preprocessing (whole field of view, aspect not preserved).
+    """
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    output_dir: Path = Path("runs/latest")
+    arch: Literal["mobilenetv2", "simple_cnn"] = "mobilenetv2"
+    alpha: float = Field(0.5, description="MobileNetV2 width multiplier")
+    weights: Path | None = Field(
+        DEFAULT_WEIGHTS_DIR / MOBILENETV2_050_WEIGHTS,
+        description="ImageNet backbone weights (.h5); None = random init; 'imagenet' not supported offline",
+    )
+    image_size: int = Field(160, description="model input height = width, pixels")
+    resize_method: Literal["bilinear", "bicubic"] = "bilinear"
+    batch_size: int = 32
+    head_epochs: int = Field(2, description="epochs training only the classifier head (backbone frozen)")
+    head_lr: float = 1e-3
+    finetune_epochs: int = Field(10, description="epochs fine-tuning the whole network")
+    finetune_lr: float = Field(3e-4, description="peak learning rate of the cosine schedule")
+    warmup_epochs: float = 0.5
+    dropout: float = 0.2
+    label_smoothing: float = 0.0
+    imbalance: Literal["class_weight", "sqrt_class_weight", "none"] = Field(
+        "class_weight", description="class-imbalance handling in the loss"
+    )
+    augment: bool = True
+    early_stopping_patience: int = Field(4, description="epochs without val balanced-accuracy gain")
+    seed: int = 42
+    limit_per_split: int | None = Field(None, description="use at most this many images per split (smoke tests)")
+    cache_dir: Path | None = Field(Path(".cache/images"), description="decoded-array cache; None = no cache")
+    workers: int = Field(os.cpu_count() or 2, description="threads decoding images")
+    gallery: bool = True
