@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 #: Resize filters by the name used in ``manifest.json`` (``input.resize_method``).
 RESIZE_METHODS: dict[str, Image.Resampling] = {
@@ -122,7 +122,6 @@ def decode_image(data: bytes, spec: PreprocessSpec) -> Image.Image:
             # Let libjpeg decode at a reduced scale (1/2, 1/4, 1/8) when the photo is much
             # larger than the model input; exact for the 200x150 dataset images (no reduction).
             img.draft("RGB", (spec.width * 2, spec.height * 2))
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
         img.load()
         img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
@@ -141,11 +140,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "La", "RGBa"):
