@@ -47,6 +47,10 @@ class Settings(BaseSettings):
         "queue runs without waiting"
     )
     max_queue_images: int = Field(256, ge=1, description="images waiting for inference at most; beyond: 503")
+    max_queue_bytes: int | None = Field(
+        None, ge=1, description="decoded bytes (H*W*3 per image) waiting for inference at most; beyond: 503. "
+        "None = only max_queue_images bounds the queue"
+    )
     request_timeout_ms: float = Field(
         10_000, gt=0, description="deadline per request (ms); images not started by then are dropped -> 504"
     )

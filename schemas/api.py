@@ -1,0 +1,386 @@
+"""Request and response bodies of the dermserve HTTP API (shared by service, tests and clients).
+
+Two families:
+
+- the dermserve API: :class:`PredictRequest` -> :class:`PredictResponse` on ``POST /predict``,
+  :class:`ModelInfo` on ``GET /model``, :class:`HealthStatus` on ``GET /health/*``, and the one
+  error shape :class:`ErrorResponse` for every non-2xx answer;
+- the Open Inference Protocol V2 (KServe ``inference_rest.md``): :class:`InferenceRequest` ->
+  :class:`InferenceResponse` on ``POST /v2/models/{name}/infer`` plus the metadata bodies.
+
+Everything here is plain pydantic (no FastAPI, no onnxruntime), so clients can import it cheaply.
+The models carry ``json_schema_extra`` examples that ``/docs`` shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Sentence attached to every prediction response.
+DISCLAIMER = (
+    "Decision support, not a diagnosis. The output of this model must be reviewed by a qualified "
+    "clinician together with the patient's history and a full examination; it is not approved for "
+    "autonomous diagnostic use."
+)
+
+# A 1x1 white JPEG is too small for the service (16 px minimum side); the examples below use a
+# shortened placeholder because a real dermoscopic JPEG is ~10 kB of base64.
+_B64_EXAMPLE = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHR..."
+
+_PROBS_EXAMPLE = {"akiec": 0.021, "bcc": 0.034, "bkl": 0.081, "df": 0.007, "mel": 0.112, "nv": 0.739, "vasc": 0.006}
+
+
+# --------------------------------------------------------------------------------------------
+# dermserve API
+# --------------------------------------------------------------------------------------------
+class ImageInput(BaseModel):
+    """One image in a JSON :class:`PredictRequest`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(
+        None, max_length=256, description="optional client-chosen identifier, echoed back in the prediction"
+    )
+    data: str = Field(
+        description="the encoded image file (JPEG, PNG, ...) in standard base64 (RFC 4648 §4); a "
+        "`data:image/...;base64,` prefix is accepted and ignored",
+        examples=[_B64_EXAMPLE],
+    )
+
+
+class PredictRequest(BaseModel):
+    """JSON body of ``POST /predict``: one or more base64-encoded images."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"images": [{"id": "lesion-1", "data": _B64_EXAMPLE}, {"data": _B64_EXAMPLE}]}]
+        },
+    )
+
+    images: list[ImageInput] = Field(
+        min_length=1,
+        description="images to classify, answered in the same order; at most `max_images_per_request` "
+        "(setting, default 64) or the request is refused with 413",
+    )
+
+
+class ModelRef(BaseModel):
+    """Which model answered (from ``manifest.json``)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str = Field(description="manifest `name`")
+    version: str = Field(description="manifest `version`")
+
+
+class Prediction(BaseModel):
+    """The classification of one image.
+
+    ``probabilities`` are temperature-calibrated softmax outputs (``softmax(logits / T)``, ``T``
+    from the manifest, fitted on the validation split) keyed by HAM10000 class code; they sum to 1.
+
+    Referral rule: ``referral_recommended`` is true when ``malignant_probability`` (P(mel) +
+    P(bcc) + P(akiec)) is at or above the malignant threshold, OR the top-1 probability is below
+    the minimum top-1 probability. Both thresholds come from the manifest and may be overridden by
+    the settings ``referral_malignant_threshold`` / ``referral_min_top_probability``.
+    ``referral_reasons`` lists which conditions fired: ``malignant_probability_at_or_above_threshold``
+    and/or ``top_probability_below_minimum``.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "lesion-1",
+                    "index": 0,
+                    "label": "nv",
+                    "label_name": "Melanocytic nevi",
+                    "probability": 0.739,
+                    "probabilities": _PROBS_EXAMPLE,
+                    "malignant_probability": 0.167,
+                    "referral_recommended": False,
+                    "referral_reasons": [],
+                }
+            ]
+        }
+    )
+
+    id: str | None = Field(None, description="the client's id for this image (JSON `id`, multipart filename)")
+    index: int = Field(ge=0, description="0-based position of the image in the request")
+    label: str = Field(description="HAM10000 code of the most probable class")
+    label_name: str = Field(description="display name of `label`")
+    probability: float = Field(ge=0, le=1, description="calibrated probability of `label` (top-1)")
+    probabilities: dict[str, float] = Field(description="calibrated probability per class code; sums to 1")
+    malignant_probability: float = Field(
+        ge=0, le=1, description="P(mel) + P(bcc) + P(akiec): the classes listed in the manifest's `referral.malignant_classes`"
+    )
+    referral_recommended: bool = Field(
+        description="true if malignant_probability >= malignant threshold OR probability < minimum top-1 probability"
+    )
+    referral_reasons: list[Literal["malignant_probability_at_or_above_threshold", "top_probability_below_minimum"]] = (
+        Field(default_factory=list, description="which referral conditions fired (empty when not referred)")
+    )
+
+
+class PredictResponse(BaseModel):
+    """Answer of ``POST /predict``: one :class:`Prediction` per input image, in input order."""
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "mobilenetv2-ham10000", "version": "1.0.0"},
+                    "predictions": [Prediction.model_config["json_schema_extra"]["examples"][0]],  # type: ignore[index]
+                    "disclaimer": DISCLAIMER,
+                }
+            ]
+        },
+    )
+
+    model: ModelRef
+    predictions: list[Prediction]
+    disclaimer: str = Field(DISCLAIMER, description="this output supports, and does not replace, a clinician")
+
+
+class ImageError(BaseModel):
+    """Why one image of a request could not be used."""
+
+    index: int = Field(ge=0, description="0-based position of the image in the request")
+    id: str | None = Field(None, description="the client's id for this image, if it gave one")
+    reason: str = Field(
+        description="machine-readable code: empty, not_an_image, truncated, too_many_pixels, too_small, "
+        "bad_aspect_ratio, unsupported_mode, invalid_base64, not_a_file, bad_tensor"
+    )
+    message: str = Field(description="human-readable explanation")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every non-2xx answer (including Open Inference Protocol errors)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": "1 of 2 images could not be decoded",
+                    "detail": [
+                        {"index": 1, "id": "lesion-2", "reason": "truncated", "message": "the image data is truncated or corrupt"}
+                    ],
+                    "request_id": "3f2c9d0e8a5b4c1d9e7f6a5b4c3d2e1f",
+                }
+            ]
+        }
+    )
+
+    error: str = Field(description="what went wrong, in one sentence")
+    detail: list[dict[str, Any]] | None = Field(
+        None,
+        description="per-item details: for image errors a list of ImageError objects (index, id, reason, message); "
+        "for malformed bodies the validation errors (loc, msg, type)",
+    )
+    request_id: str | None = Field(None, description="the X-Request-ID of this request (also in the response header)")
+
+
+class HealthStatus(BaseModel):
+    """Answer of ``GET /health/live`` and ``GET /health/ready``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready"}]})
+
+    status: Literal["alive", "ready", "not_ready", "shutting_down"]
+
+
+class ClassOut(BaseModel):
+    """One output class."""
+
+    code: str = Field(description="HAM10000 dx code")
+    name: str = Field(description="display name")
+    malignant: bool = Field(description="counted in malignant_probability")
+
+
+class InputOut(BaseModel):
+    """The model input the service resizes every image to."""
+
+    height: int = Field(description="pixels")
+    width: int = Field(description="pixels")
+    channels: int = 3
+    dtype: str = Field(description="element type of the ONNX input tensor")
+    color_order: str = "RGB"
+    resize_method: str
+
+
+class ReferralOut(BaseModel):
+    """The referral thresholds in force (manifest values unless overridden by settings)."""
+
+    malignant_classes: list[str]
+    malignant_probability_threshold: float = Field(description="refer when malignant_probability >= this")
+    min_top_probability: float = Field(description="refer when the top-1 probability < this")
+    source: Literal["manifest", "settings"] = Field(description="where the thresholds came from")
+
+
+class ModelInfo(BaseModel):
+    """Answer of ``GET /model``: a summary of the served model directory's manifest."""
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "mobilenetv2-ham10000",
+                    "version": "1.0.0",
+                    "created_at": "2026-11-24T01:30:26Z",
+                    "sha256": "920a1d1ae801b6dc86e465f5b7d963d48081ce8b2ad23d3085a4ce3a21a54c60",
+                    "classes": [{"code": "mel", "name": "Melanoma", "malignant": True}],
+                    "input": {"height": 160, "width": 160, "channels": 3, "dtype": "uint8",
+                              "color_order": "RGB", "resize_method": "bilinear"},
+                    "calibration_temperature": 1.42,
+                    "referral": {"malignant_classes": ["mel", "bcc", "akiec"],
+                                 "malignant_probability_threshold": 0.3, "min_top_probability": 0.5,
+                                 "source": "manifest"},
+                    "metrics": {"accuracy": 0.82, "balanced_accuracy": 0.71},
+                    "execution_provider": "CPUExecutionProvider",
+                    "disclaimer": DISCLAIMER,
+                }
+            ]
+        },
+    )
+
+    name: str
+    version: str
+    created_at: str = Field(description="ISO 8601 time the model directory was written")
+    sha256: str = Field(description="verified sha256 of the ONNX file")
+    classes: list[ClassOut] = Field(description="in model output order")
+    input: InputOut
+    calibration_temperature: float = Field(description="T in softmax(logits / T), fitted on the validation split")
+    referral: ReferralOut
+    metrics: dict[str, Any] = Field(description="test-split metrics reported by the trainer (manifest `metrics.test`)")
+    execution_provider: str = Field(description="the onnxruntime execution provider in use")
+    disclaimer: str = DISCLAIMER
+
+
+# --------------------------------------------------------------------------------------------
+# Open Inference Protocol V2 (KServe specification/protocol/inference_rest.md)
+# --------------------------------------------------------------------------------------------
+Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                   "FP16", "FP32", "FP64", "BYTES"]
+
+
+class ServerMetadataResponse(BaseModel):
+    """``GET /v2``."""
+
+    name: str
+    version: str
+    extensions: list[str] = Field(default_factory=list)
+
+
+class LiveResponse(BaseModel):
+    """``GET /v2/health/live``."""
+
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    """``GET /v2/health/ready`` and ``GET /v2/models/{name}/ready``."""
+
+    ready: bool
+
+
+class MetadataTensor(BaseModel):
+    """One tensor in model metadata; ``-1`` in ``shape`` is a variable dimension."""
+
+    name: str
+    datatype: Datatype
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+
+
+class ModelMetadataResponse(BaseModel):
+    """``GET /v2/models/{name}``."""
+
+    name: str
+    versions: list[str] = Field(default_factory=list)
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: dict[str, Any] | None = None
+
+
+class RequestInput(BaseModel):
+    """One input tensor of an inference request.
+
+    ``data`` is the row-major flattened (or nested) tensor content; for ``BYTES`` it is a list of
+    base64 strings (each one an encoded image). With the binary tensor data extension,
+    ``parameters.binary_data_size`` replaces ``data`` and the bytes follow the JSON header.
+    """
+
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestOutput(BaseModel):
+    """An output the client asks for (``binary_data`` selects the binary tensor data extension)."""
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    """``POST /v2/models/{name}/infer`` body (JSON part)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "req-1",
+                    "inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": [_B64_EXAMPLE]}],
+                    "outputs": [{"name": "probabilities"}],
+                }
+            ]
+        }
+    )
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    """One output tensor of an inference response."""
+
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    """``POST /v2/models/{name}/infer`` answer: ``probabilities`` FP32 ``[N, 7]`` (calibrated)."""
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_name": "mobilenetv2-ham10000",
+                    "model_version": "1.0.0",
+                    "id": "req-1",
+                    "outputs": [{"name": "probabilities", "shape": [1, 7], "datatype": "FP32",
+                                 "parameters": {"classes": "akiec,bcc,bkl,df,mel,nv,vasc"},
+                                 "data": list(_PROBS_EXAMPLE.values())}],
+                }
+            ]
+        },
+    )
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]

@@ -1,0 +1,99 @@
+"""Shared route dependencies: app state, readiness gate, API-key check, disconnect handling."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from service.dataplane import DataPlane
+from service.errors import AuthenticationError, NotReadyError
+from service.state import AppState
+
+T = TypeVar("T")
+
+_bearer = HTTPBearer(auto_error=False, description="API key as a bearer token (when `api_keys` is set)")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (when `api_keys` is set)")
+
+
+def get_state(request: Request) -> AppState:
+    """The :class:`AppState` of the app serving ``request``."""
+    return request.app.state.dermserve
+
+
+def get_dataplane(state: AppState = Depends(get_state)) -> DataPlane:
+    """The dataplane, or :class:`NotReadyError` (-> 503) before warm-up / during shutdown."""
+    if not state.is_ready or state.dataplane is None:
+        raise NotReadyError(state.not_ready_reason())
+    return state.dataplane
+
+
+async def require_api_key(
+    state: AppState = Depends(get_state),
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    api_key: str | None = Depends(_api_key_header),
+) -> None:
+    """Accept the request when no keys are configured or a configured key is presented.
+
+    Keys come from the ``api_keys`` setting and may be sent as ``Authorization: Bearer <key>`` or
+    ``X-API-Key: <key>``. Comparison uses :func:`hmac.compare_digest` (constant time per key).
+
+    Raises:
+        AuthenticationError: -> 401 with ``WWW-Authenticate: Bearer``.
+    """
+    keys = state.settings.api_keys
+    if not keys:
+        return
+    presented = [c.encode() for c in (bearer.credentials if bearer else None, api_key) if c]
+    ok = False
+    for cand in presented:
+        for key in keys:
+            ok |= hmac.compare_digest(cand, key.get_secret_value().encode())
+    if not ok:
+        raise AuthenticationError(
+            "missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        )
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the answer was ready (answered with 499, which nobody reads)."""
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` but cancel it if the client disconnects meanwhile.
+
+    uvicorn does not cancel a handler when its client disconnects; this watches the ASGI
+    ``receive`` channel (the body has already been read) for ``http.disconnect`` so that the
+    batcher can drop the request's not-yet-started images.
+
+    Raises:
+        ClientDisconnected: the client disconnected first.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task in done:
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+    raise ClientDisconnected()

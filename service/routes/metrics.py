@@ -1,0 +1,19 @@
+"""``GET /metrics``: Prometheus text exposition (see :mod:`service.metrics` for the names)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.errors import error_responses
+from service.routes.deps import get_state, require_api_key
+from service.state import AppState
+
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require_api_key)])
+
+
+@router.get("/metrics", operation_id="metrics", response_class=Response, responses=error_responses(401),
+            summary="Prometheus metrics")
+async def metrics(state: AppState = Depends(get_state)) -> Response:
+    """Request counts/latency by route, queue depth, batch sizes, inference time, refused images."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,127 @@
+"""``POST /predict``: multipart form-data (file parts named ``images``) or JSON, same path."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from schemas.api import PredictRequest, PredictResponse
+from service.dataplane import DataPlane, EncodedImage, InvalidInputError, TooManyImagesError
+from service.errors import UnsupportedMediaTypeError, error_responses
+from service.routes.deps import ClientDisconnected, cancel_on_disconnect, get_dataplane, get_state, require_api_key
+from service.state import AppState
+
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["images"],
+    "properties": {
+        "images": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "one file part per image (JPEG, PNG, ...); the filename is echoed back as `id`",
+        }
+    },
+}
+
+_DESCRIPTION = """
+Classify one or more dermoscopic images into the 7 HAM10000 classes. **Decision support, not a
+diagnosis.**
+
+Two request encodings on the same path, chosen by `Content-Type`:
+
+* `multipart/form-data` -- one file part per image, all named `images`
+  (`curl -F images=@a.jpg -F images=@b.jpg http://127.0.0.1:8000/predict`);
+* `application/json` -- `{"images": [{"id": "optional", "data": "<base64>"}]}`.
+
+Predictions come back in input order. `probabilities` are temperature-calibrated and keyed by class
+code. **Referral rule:** `referral_recommended` is true when `malignant_probability`
+(= P(mel) + P(bcc) + P(akiec)) is at or above the malignant threshold, or when the top-1
+probability is below the minimum top-1 probability; thresholds come from the model manifest
+(see `GET /model`) unless overridden by settings. `referral_reasons` names the conditions that fired.
+
+A request with any unusable image is rejected whole (422) and `detail` lists every failed image by
+`index` (and `id`) with a `reason`.
+"""
+
+_OPENAPI_EXTRA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA, "encoding": {"images": {"contentType": "image/*"}}},
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/PredictRequest"},
+                "examples": {
+                    "two_images": {
+                        "summary": "two base64 images, the first with an id",
+                        "value": PredictRequest.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                    }
+                },
+            },
+        },
+    }
+}
+
+
+async def _images_from_json(request: Request) -> list[EncodedImage]:
+    body = await request.body()
+    try:
+        parsed = PredictRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
+    return [EncodedImage(b64=img.data, id=img.id) for img in parsed.images]
+
+
+async def _images_from_multipart(request: Request, max_images: int, max_bytes: int) -> list[EncodedImage]:
+    try:
+        # max_files = the image limit: starlette refuses the (limit+1)-th file while parsing
+        form = await request.form(max_files=max_images, max_fields=max_images + 32, max_part_size=max_bytes)
+    except HTTPException as exc:
+        if "Too many files" in str(exc.detail):
+            raise TooManyImagesError(f"the request holds more than {max_images} files; "
+                                     f"at most {max_images} images are accepted per request") from None
+        raise InvalidInputError(f"malformed multipart body: {exc.detail}") from None
+    try:
+        images: list[EncodedImage] = []
+        for part in form.getlist("images"):
+            if isinstance(part, UploadFile):
+                images.append(EncodedImage(data=await part.read(), id=part.filename or None))
+            else:
+                images.append(EncodedImage(error=("not_a_file", "the 'images' part is a text field, not a file part "
+                                                  "(use a filename in Content-Disposition)")))
+        return images
+    finally:
+        await form.close()
+
+
+@router.post(
+    "/predict",
+    operation_id="predict",
+    summary="Classify skin-lesion images (multipart or JSON)",
+    description=_DESCRIPTION,
+    response_model=PredictResponse,
+    responses=error_responses(401, 413, 415, 422, 500, 503, 504),
+    openapi_extra=_OPENAPI_EXTRA,
+)
+async def predict(request: Request, dp: DataPlane = Depends(get_dataplane),
+                  state: AppState = Depends(get_state)) -> PredictResponse | Response:
+    """Dispatch on Content-Type, hand the images to the dataplane, return its answer."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        images = await _images_from_json(request)
+    elif media == "multipart/form-data":
+        images = await _images_from_multipart(request, dp.max_images_per_request, state.settings.max_upload_bytes)
+    else:
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {media or '(none)'!r} is not supported; use multipart/form-data (file parts named "
+            "'images') or application/json"
+        )
+    try:
+        return await cancel_on_disconnect(request, dp.predict(images))
+    except ClientDisconnected:
+        return Response(status_code=499)
