@@ -3,8 +3,9 @@
 Reads :class:`~service.settings.Settings` from ``DERMSERVE_*``; binds ``host:port`` (default
 http://127.0.0.1:8000, docs at ``/docs``). SIGTERM/SIGINT turn readiness 503 immediately, then
 uvicorn stops accepting connections, waits up to ``shutdown_grace_s`` for open requests, and the
-lifespan drains the batcher. Exit status: 0 after a clean stop, 3 (uvicorn's startup failure) when
-the model cannot be served (e.g. sha256 mismatch).
+lifespan drains the batcher. After a clean stop uvicorn re-raises the signal it caught, so the
+process ends "killed by SIGTERM" (status 143 / -15) as the default handler would; 3 (uvicorn's
+startup failure) when the model cannot be served (e.g. sha256 mismatch).
 """
 
 from __future__ import annotations
