@@ -411,11 +411,12 @@ class DynamicBatcher:
             if not idle:
                 await self._wait_for_fill()
             idle = False
+            self._running_batch = True  # before popping, so drain() never sees "idle" mid-hand-off
             items = self._take_batch()
             if not items:
+                self._running_batch = False
                 self._check_idle()
                 continue
-            self._running_batch = True
             t0 = time.perf_counter()
             try:
                 out, seconds = await loop.run_in_executor(self._executor, self._run_in_worker, [i.array for i in items])

@@ -448,3 +448,112 @@ def test_model_with_flipped_byte_is_refused(server_factory, model_dir, tmp_path)
     assert code != 0
     log = server.log()
     assert "sha256" in log and "refusing" in log and '"event": "model_load_failed"' in log
+
+
+# ------------------------------------------------------------------------------ in-process (no server)
+def test_not_ready_before_lifespan_answers_503(model_dir):
+    """Without the lifespan having run (no model loaded), readiness and work routes say 503."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(model_dir=model_dir, _env_file=None))
+
+    async def body():
+        # httpx's ASGI transport does not run the lifespan: the app stays "not loaded"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            assert (await c.get("/health/live")).status_code == 200
+            for path in ("/health/ready", "/v2/health/ready", "/model"):
+                r = await c.get(path)
+                assert r.status_code == 503 and r.headers["retry-after"] == "5", path
+                assert r.json()["error"]
+            assert (await c.post("/predict", json={"images": [{"data": "AAAA"}]})).status_code == 503
+
+    asyncio.run(body())
+
+
+def test_error_table_statuses_and_headers():
+    from fastapi.exceptions import RequestValidationError
+
+    from service.batching import BatcherClosed, DeadlineExceeded, InferenceError, QueueFullError
+    from service.dataplane import InvalidInputError, ModelNotFoundError, NoImagesError, TooManyImagesError
+    from service.errors import (
+        AuthenticationError,
+        NotReadyError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+        error_body,
+    )
+    from service.preprocessing import ImageDecodeError
+
+    cases = [
+        (ImageDecodeError("truncated", "cut"), 422, {}),
+        (InvalidInputError("bad", [{"index": 3, "id": None, "reason": "x", "message": "y"}]), 422, {}),
+        (RequestValidationError([{"loc": ("body",), "msg": "m", "type": "t", "input": "HUGE"}]), 422, {}),
+        (NoImagesError("none"), 422, {}),
+        (TooManyImagesError("many"), 413, {}),
+        (PayloadTooLargeError("big"), 413, {}),
+        (UnsupportedMediaTypeError("type"), 415, {}),
+        (AuthenticationError("key"), 401, {"WWW-Authenticate": "Bearer"}),
+        (ModelNotFoundError("who"), 404, {}),
+        (QueueFullError("full", retry_after_s=7), 503, {"Retry-After": "7"}),
+        (BatcherClosed("closed"), 503, {"Retry-After": "5"}),
+        (NotReadyError("later"), 503, {"Retry-After": "5"}),
+        (DeadlineExceeded("late"), 504, {}),
+        (InferenceError("boom"), 500, {}),
+        (KeyError("secret internals"), 500, {}),
+    ]
+    for exc, status, headers in cases:
+        got_status, body, got_headers = error_body(exc, "rid")
+        assert got_status == status, exc
+        assert got_headers == headers, exc
+        assert isinstance(body["error"], str) and body["request_id"] == "rid"
+    _, body, _ = error_body(KeyError("secret internals"), "rid")
+    assert "secret" not in body["error"]
+    _, body, _ = error_body(RequestValidationError([{"loc": ("body",), "msg": "m", "type": "t", "input": "HUGE"}]), None)
+    assert "HUGE" not in str(body)
+    _, body, _ = error_body(InvalidInputError("bad", [{"index": 3, "id": None, "reason": "x", "message": "y"}]), None)
+    assert body["detail"][0]["index"] == 3
+
+
+def test_client_disconnect_cancels_the_work():
+    from service.routes.deps import ClientDisconnected, cancel_on_disconnect
+
+    class FakeRequest:
+        async def receive(self):
+            await asyncio.sleep(0.05)
+            return {"type": "http.disconnect"}
+
+    async def body():
+        cancelled = asyncio.Event()
+
+        async def work():
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        with pytest.raises(ClientDisconnected):
+            await asyncio.wait_for(cancel_on_disconnect(FakeRequest(), work()), 10)
+        assert cancelled.is_set()
+
+        async def quick():
+            return 42
+
+        class Silent:
+            async def receive(self):
+                await asyncio.sleep(30)
+
+        assert await asyncio.wait_for(cancel_on_disconnect(Silent(), quick()), 10) == 42
+
+    asyncio.run(body())
+
+
+def test_index_page_served_only_if_present(client):
+    from service.routes.ui import STATIC_DIR
+
+    r = client.get("/")
+    if (STATIC_DIR / "index.html").is_file():
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    else:
+        assert_error(r, 404)
