@@ -79,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not is_loopback(settings.host) and not settings.api_keys:
             log.warning("binding to non-loopback host %s without api_keys: anyone who can reach this port "
                         "can use the service; set DERMSERVE_API_KEYS", settings.host)
+        if settings.max_images_per_request > settings.max_queue_images:
+            log.warning("max_images_per_request (%d) > max_queue_images (%d): larger requests can never be "
+                        "queued and will always get 503", settings.max_images_per_request, settings.max_queue_images)
         try:
             runtime = await asyncio.to_thread(
                 ModelRuntime, settings.model_dir, settings.providers, settings.intra_op_threads,

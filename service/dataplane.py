@@ -358,6 +358,37 @@ class DataPlane:
                 if (o.parameters or {}).get("binary_data") is not None:
                     want_binary = bool(o.parameters["binary_data"])  # type: ignore[index]
 
+        loop = asyncio.get_running_loop()
+        # converting a large JSON tensor costs real CPU time: keep it off the event loop
+        encoded, pixel_rows = await loop.run_in_executor(self.decode_executor, self._collect_inputs, request, binary)
+        n_total = len(encoded) + len(pixel_rows)
+        self.check_count(n_total)
+        decoded = await self.decode_all(encoded) if encoded else []
+        arrays: list[np.ndarray] = [None] * n_total  # type: ignore[list-item]
+        pixel_positions = {pos for pos, _ in pixel_rows}
+        for pos, row in pixel_rows:
+            arrays[pos] = row
+        it = iter(decoded)
+        for pos in range(n_total):
+            if pos not in pixel_positions:
+                arrays[pos] = next(it)
+        probs = await self.batcher.submit(arrays)
+        probs = np.ascontiguousarray(probs, dtype="<f4")
+        out = ResponseOutput(name=OIP_OUTPUT, shape=list(probs.shape), datatype="FP32",
+                             parameters={"classes": ",".join(self.codes)})
+        binary_out = None
+        if want_binary:
+            binary_out = probs.tobytes()
+            out.parameters["binary_data_size"] = len(binary_out)  # type: ignore[index]
+        else:
+            out.data = [float(v) for v in probs.ravel()]
+        resp = InferenceResponse(model_name=self.manifest.name, model_version=self.manifest.version,
+                                 id=request.id, outputs=[out])
+        return resp, binary_out
+
+    def _collect_inputs(self, request: InferenceRequest,
+                        binary: bytes) -> tuple[list[EncodedImage], list[tuple[int, np.ndarray]]]:
+        """Split OIP inputs into encoded images and pixel rows (with their output positions)."""
         encoded: list[EncodedImage] = []
         pixel_rows: list[tuple[int, np.ndarray]] = []  # (position, (H, W, 3) uint8)
         offset = 0
@@ -386,30 +417,7 @@ class DataPlane:
         if offset != len(binary):
             raise InvalidInputError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
 
-        n_total = len(encoded) + len(pixel_rows)
-        self.check_count(n_total)
-        decoded = await self.decode_all(encoded) if encoded else []
-        arrays: list[np.ndarray] = [None] * n_total  # type: ignore[list-item]
-        pixel_positions = {pos for pos, _ in pixel_rows}
-        for pos, row in pixel_rows:
-            arrays[pos] = row
-        it = iter(decoded)
-        for pos in range(n_total):
-            if pos not in pixel_positions:
-                arrays[pos] = next(it)
-        probs = await self.batcher.submit(arrays)
-        probs = np.ascontiguousarray(probs, dtype="<f4")
-        out = ResponseOutput(name=OIP_OUTPUT, shape=list(probs.shape), datatype="FP32",
-                             parameters={"classes": ",".join(self.codes)})
-        binary_out = None
-        if want_binary:
-            binary_out = probs.tobytes()
-            out.parameters["binary_data_size"] = len(binary_out)  # type: ignore[index]
-        else:
-            out.data = [float(v) for v in probs.ravel()]
-        resp = InferenceResponse(model_name=self.manifest.name, model_version=self.manifest.version,
-                                 id=request.id, outputs=[out])
-        return resp, binary_out
+        return encoded, pixel_rows
 
     def _bytes_elements(self, name: str, shape: list[int], data: list[Any] | None, raw: bytes | None) -> list[EncodedImage]:
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or any(d < 0 for d in shape):

@@ -416,6 +416,19 @@ def test_api_key_auth(server_factory, test_images):
     assert "k1" not in server.log()
 
 
+def test_queue_full_is_503_with_retry_after(server_factory, test_images):
+    """A request that does not fit in the bounded queue is refused whole, at once."""
+    server = server_factory(env={"DERMSERVE_MAX_QUEUE_IMAGES": "2"})
+    with httpx.Client(base_url=server.base_url, timeout=30.0) as c:
+        r = c.post("/predict", files=multipart(test_images(3)))
+        assert_error(r, 503)
+        assert int(r.headers["retry-after"]) >= 1
+        assert c.post("/predict", files=multipart(test_images(2))).status_code == 200
+        assert c.get("/health/ready").status_code == 200
+        assert re.search(r'dermserve_images_refused_total\{reason="queue_full"\} 3\.0', c.get("/metrics").text)
+    assert "max_images_per_request (64) > max_queue_images (2)" in server.log()
+
+
 def test_sigterm_drains_and_exits_cleanly(server_factory, test_images):
     server = server_factory()
     with httpx.Client(base_url=server.base_url, timeout=30.0) as c:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -71,7 +73,7 @@ _OPENAPI_EXTRA = {
 async def _images_from_json(request: Request) -> list[EncodedImage]:
     body = await request.body()
     try:
-        parsed = PredictRequest.model_validate_json(body)
+        parsed = await asyncio.to_thread(PredictRequest.model_validate_json, body)  # big bodies: off the loop
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
     return [EncodedImage(b64=img.data, id=img.id) for img in parsed.images]

@@ -12,6 +12,7 @@ inputs are 422 like the rest of the API. The binary tensor data extension (heade
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from fastapi import APIRouter, Depends, Request
@@ -119,7 +120,7 @@ async def v2_infer(name: str, request: Request, version: str | None = None,
             raise InvalidInputError(f"{HEADER_LENGTH} must be an integer between 0 and the body size") from None
         body, binary = body[:n], body[n:]
     try:
-        infer_request = InferenceRequest.model_validate_json(body)
+        infer_request = await asyncio.to_thread(InferenceRequest.model_validate_json, body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
     try:
