@@ -570,3 +570,41 @@ def test_index_page_served_only_if_present(client):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     else:
         assert_error(r, 404)
+
+
+def test_cors_only_when_configured(model_dir):
+    from service.app import create_app
+    from service.settings import Settings
+
+    preflight = {"Origin": "http://ui.example", "Access-Control-Request-Method": "POST"}
+
+    async def allowed(settings):
+        app = create_app(settings)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.options("/predict", headers=preflight)
+            return r.headers.get("access-control-allow-origin")
+
+    assert asyncio.run(allowed(Settings(model_dir=model_dir, _env_file=None))) is None
+    on = Settings(model_dir=model_dir, cors_origins=["http://ui.example"], _env_file=None)
+    assert asyncio.run(allowed(on)) == "http://ui.example"
+
+
+def test_logs_are_json_with_request_id_and_no_client_ids(live_server, test_images):
+    import json
+
+    path = test_images(1, offset=60)[0]
+    secret_name = "patient-4711-lesion.jpg"
+    payload = {"images": [{"id": "patient-4712", "data": b64(path.read_bytes())}, {"id": "patient-4713", "data": "%%"}]}
+    with httpx.Client(base_url=live_server.base_url, timeout=30.0) as c:
+        assert c.post("/predict", files=[("images", (secret_name, path.read_bytes(), "image/jpeg"))],
+                      headers={"X-Request-ID": "log-check-1"}).status_code == 200
+        assert c.post("/predict", json=payload, headers={"X-Request-ID": "log-check-2"}).status_code == 422
+    time.sleep(0.2)
+    lines = [ln for ln in live_server.log().splitlines() if ln.strip()]
+    records = [json.loads(ln) for ln in lines]  # every line is one JSON object
+    access = [r for r in records if r.get("request_id") in ("log-check-1", "log-check-2")]
+    assert {r["request_id"] for r in access} == {"log-check-1", "log-check-2"}
+    assert all(r["route"] == "/predict" for r in access if "route" in r)
+    text = live_server.log()
+    for secret in ("patient-4711", "patient-4712", "patient-4713", path.name):
+        assert secret not in text
