@@ -115,7 +115,8 @@ class Prediction(BaseModel):
     probability: float = Field(ge=0, le=1, description="calibrated probability of `label` (top-1)")
     probabilities: dict[str, float] = Field(description="calibrated probability per class code; sums to 1")
     malignant_probability: float = Field(
-        ge=0, le=1, description="P(mel) + P(bcc) + P(akiec): the classes listed in the manifest's `referral.malignant_classes`"
+        ge=0, le=1,
+        description="P(mel) + P(bcc) + P(akiec): the classes listed in the manifest's `referral.malignant_classes`",
     )
     referral_recommended: bool = Field(
         description="true if malignant_probability >= malignant threshold OR probability < minimum top-1 probability"
@@ -167,7 +168,8 @@ class ErrorResponse(BaseModel):
                 {
                     "error": "1 of 2 images could not be decoded",
                     "detail": [
-                        {"index": 1, "id": "lesion-2", "reason": "truncated", "message": "the image data is truncated or corrupt"}
+                        {"index": 1, "id": "lesion-2", "reason": "truncated",
+                         "message": "the image data is truncated or corrupt"}
                     ],
                     "request_id": "3f2c9d0e8a5b4c1d9e7f6a5b4c3d2e1f",
                 }

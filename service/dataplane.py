@@ -299,7 +299,8 @@ class DataPlane:
             calibration_temperature=m.calibration.temperature,
             referral=ReferralOut(malignant_classes=self.malignant_classes,
                                  malignant_probability_threshold=self.malignant_threshold,
-                                 min_top_probability=self.min_top_probability, source=self.referral_source),  # type: ignore[arg-type]
+                                 min_top_probability=self.min_top_probability,
+                                 source=self.referral_source),  # type: ignore[arg-type]
             metrics=metrics,
             execution_provider=self.provider,
         )
@@ -419,7 +420,8 @@ class DataPlane:
 
         return encoded, pixel_rows
 
-    def _bytes_elements(self, name: str, shape: list[int], data: list[Any] | None, raw: bytes | None) -> list[EncodedImage]:
+    def _bytes_elements(self, name: str, shape: list[int], data: list[Any] | None,
+                        raw: bytes | None) -> list[EncodedImage]:
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or any(d < 0 for d in shape):
             raise InvalidInputError(f"input {name!r}: BYTES shape must be [N] or [N, 1], got {shape}")
         n = shape[0]

@@ -522,7 +522,8 @@ def test_error_table_statuses_and_headers():
         assert isinstance(body["error"], str) and body["request_id"] == "rid"
     _, body, _ = error_body(KeyError("secret internals"), "rid")
     assert "secret" not in body["error"]
-    _, body, _ = error_body(RequestValidationError([{"loc": ("body",), "msg": "m", "type": "t", "input": "HUGE"}]), None)
+    validation = RequestValidationError([{"loc": ("body",), "msg": "m", "type": "t", "input": "HUGE"}])
+    _, body, _ = error_body(validation, None)
     assert "HUGE" not in str(body)
     _, body, _ = error_body(InvalidInputError("bad", [{"index": 3, "id": None, "reason": "x", "message": "y"}]), None)
     assert body["detail"][0]["index"] == 3

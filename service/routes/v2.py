@@ -76,7 +76,8 @@ async def v2_model_metadata(name: str, version: str | None = None,
             responses=error_responses(401, 404, 503))
 @router.get("/models/{name}/versions/{version}/ready", operation_id="v2_model_version_ready",
             response_model=ReadyResponse, responses=error_responses(401, 404, 503))
-async def v2_model_ready(name: str, version: str | None = None, dp: DataPlane = Depends(get_dataplane)) -> ReadyResponse:
+async def v2_model_ready(name: str, version: str | None = None,
+                         dp: DataPlane = Depends(get_dataplane)) -> ReadyResponse:
     """Model readiness: 200 when the named model is loaded and warmed up."""
     dp.check_model(name, version)
     return ReadyResponse(ready=True)
