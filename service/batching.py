@@ -20,6 +20,11 @@ Batch-closing policy (Triton-like, with an idle fast path that MLServer's adapti
   not-yet-started images are removed from the queue.
 - **failure isolation** -- if ``run_batch`` raises, only the requests with images in that batch get
   :class:`InferenceError`; the batcher logs it and keeps serving.
+- **priority** -- ``submit(..., priority="background")`` (asynchronous jobs) puts images in a
+  second queue of at most ``max_background_images``. A batch is filled from the interactive queue
+  first; background images only take the slots left over, and no more than
+  ``max_background_per_batch`` of them per batch. Background images never count against
+  ``max_queue_images`` / ``max_queue_bytes``, so a big job cannot make ``/predict`` answer 503.
 
 The model runs in a single worker thread (one InferenceSession is never called concurrently), so
 the event loop stays free for HTTP while a batch is computed.
@@ -42,6 +47,10 @@ log = logging.getLogger(__name__)
 
 #: ``run_batch(batch)``: ``batch`` uint8 ``(B, H, W, 3)`` -> float32 ``(B, K)``.
 RunBatch = Callable[[np.ndarray], np.ndarray]
+
+#: Priorities accepted by :meth:`DynamicBatcher.submit`.
+INTERACTIVE = "interactive"
+BACKGROUND = "background"
 
 
 class BatcherError(Exception):
@@ -145,6 +154,10 @@ class DynamicBatcher:
         request_timeout_ms: default deadline per :meth:`submit` call (ms), counted from submit.
         item_shape: optional expected ``(H, W, 3)`` of every image; checked at submit.
         observer: metrics hooks.
+        max_background_images: background-priority images waiting at most (default
+            ``max_batch_size``); more -> :class:`QueueFullError` for the background caller.
+        max_background_per_batch: background images per model call at most (default
+            ``max_batch_size``); bounds how long one batch of job work can delay ``/predict``.
     """
 
     def __init__(
@@ -158,6 +171,8 @@ class DynamicBatcher:
         request_timeout_ms: float = 10_000.0,
         item_shape: tuple[int, ...] | None = None,
         observer: BatcherObserver | None = None,
+        max_background_images: int | None = None,
+        max_background_per_batch: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue_images < 1:
             raise ValueError("max_batch_size and max_queue_images must be >= 1")
@@ -175,6 +190,10 @@ class DynamicBatcher:
 
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_bytes = 0
+        # background priority (asynchronous jobs): its own bounded queue, never counted above
+        self.max_background_images = max_background_images or max_batch_size
+        self.max_background_per_batch = max(1, min(max_background_per_batch or max_batch_size, max_batch_size))
+        self._bg_queue: collections.deque[_Item] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None  # set when nothing is queued or running
         self._task: asyncio.Task | None = None
@@ -202,8 +221,13 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        """Images waiting to be started (int)."""
+        """Interactive images waiting to be started (int)."""
         return len(self._queue)
+
+    @property
+    def background_depth(self) -> int:
+        """Background-priority images waiting to be started (int)."""
+        return len(self._bg_queue)
 
     async def drain(self, timeout_s: float | None = None) -> bool:
         """Stop accepting new work and wait until all accepted images have been answered.
@@ -237,22 +261,26 @@ class DynamicBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for item in list(self._queue):
+        for item in list(self._queue) + list(self._bg_queue):
             self._fail(item.req, BatcherClosed("the service is shutting down"))
         self._queue.clear()
+        self._bg_queue.clear()
         self._queued_bytes = 0
         if self._executor is not None:
             # a batch still inside onnxruntime cannot be interrupted; don't block the loop on it
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- submit
-    async def submit(self, images: np.ndarray | Sequence[np.ndarray], timeout_ms: float | None = None) -> np.ndarray:
+    async def submit(self, images: np.ndarray | Sequence[np.ndarray], timeout_ms: float | None = None,
+                     priority: str = INTERACTIVE) -> np.ndarray:
         """Queue images and wait for their model outputs.
 
         Args:
             images: uint8 ``(N, H, W, 3)`` array, or a sequence of N uint8 ``(H, W, 3)`` arrays;
                 ``N >= 1``.
             timeout_ms: deadline for this call (ms from now); default ``request_timeout_ms``.
+            priority: ``"interactive"`` (default) or ``"background"`` (lower priority: only fills
+                slots interactive images leave free; bounded by ``max_background_images``).
 
         Returns:
             float32 ``(N, K)``: row ``i`` is the output for ``images[i]``.
@@ -273,11 +301,18 @@ class DynamicBatcher:
                 raise ValueError(
                     f"image of shape {a.shape} dtype {a.dtype}; expected uint8 {self.item_shape or '(H, W, 3)'}"
                 )
+        if priority not in (INTERACTIVE, BACKGROUND):
+            raise ValueError(f"priority must be {INTERACTIVE!r} or {BACKGROUND!r}, got {priority!r}")
         if not self.running:
             self.stats.refused_images += n
             self.observer.refused(n, "closed")
             raise BatcherClosed("the service is not accepting work (starting or shutting down)")
         nbytes = sum(a.nbytes for a in arrays)
+        if priority == BACKGROUND:
+            if len(self._bg_queue) + n > self.max_background_images:
+                raise QueueFullError(f"the background queue is full ({len(self._bg_queue)} of "
+                                     f"{self.max_background_images} images waiting, this call has {n})")
+            return await self._enqueue_and_wait(arrays, 0, timeout_ms, self._bg_queue)
         if len(self._queue) + n > self.max_queue_images or (
             self.max_queue_bytes is not None and self._queued_bytes + nbytes > self.max_queue_bytes
         ):
@@ -289,12 +324,18 @@ class DynamicBatcher:
                 retry_after_s=self._retry_after_estimate(n),
             )
 
+        return await self._enqueue_and_wait(arrays, nbytes, timeout_ms, self._queue)
+
+    async def _enqueue_and_wait(self, arrays: list[np.ndarray], nbytes: int, timeout_ms: float | None,
+                                queue: collections.deque[_Item]) -> np.ndarray:
+        """Append ``arrays`` to ``queue`` (interactive or background) and await the results."""
+        n = len(arrays)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         timeout_s = self.request_timeout_s if timeout_ms is None else timeout_ms / 1000.0
         req = _Request(loop.create_future(), n, now + timeout_s)
         for i, a in enumerate(arrays):
-            self._queue.append(_Item(req, i, a, now))
+            queue.append(_Item(req, i, a, now))
         self._queued_bytes += nbytes
         self._idle.clear()  # type: ignore[union-attr]
         self.observer.queue_depth(len(self._queue))
@@ -332,6 +373,10 @@ class DynamicBatcher:
             else:
                 kept.append(item)
         self._queue = kept
+        if any(item.req is req for item in self._bg_queue):
+            before = len(self._bg_queue)
+            self._bg_queue = collections.deque(item for item in self._bg_queue if item.req is not req)
+            removed += before - len(self._bg_queue)
         req.unstarted = 0
         self.observer.queue_depth(len(self._queue))
         self._check_idle()
@@ -355,13 +400,14 @@ class DynamicBatcher:
             )
 
     def _check_idle(self) -> None:
-        if not self._queue and not self._running_batch and self._idle is not None:
+        if not self._queue and not self._bg_queue and not self._running_batch and self._idle is not None:
             self._idle.set()
 
     async def _wait_for_fill(self) -> None:
         """Busy path: wait until a full batch is queued or the oldest image is max_batch_delay old."""
-        while self._queue and len(self._queue) < self.max_batch_size and self._accepting:
-            remaining = self._queue[0].enqueued_at + self.max_batch_delay_s - time.monotonic()
+        while (self._queue or self._bg_queue) and self._fillable() < self.max_batch_size and self._accepting:
+            head = self._queue[0] if self._queue else self._bg_queue[0]
+            remaining = head.enqueued_at + self.max_batch_delay_s - time.monotonic()
             if remaining <= 0:
                 return
             self._wakeup.clear()  # type: ignore[union-attr]
@@ -370,8 +416,12 @@ class DynamicBatcher:
             except TimeoutError:
                 return
 
+    def _fillable(self) -> int:
+        """Images the next batch could hold now: interactive ones plus the background share."""
+        return len(self._queue) + min(len(self._bg_queue), self.max_background_per_batch)
+
     def _take_batch(self) -> list[_Item]:
-        """Pop up to max_batch_size items, dropping requests whose deadline has passed."""
+        """Pop up to max_batch_size items, interactive first, dropping requests whose deadline has passed."""
         now = time.monotonic()
         batch: list[_Item] = []
         while self._queue and len(batch) < self.max_batch_size:
@@ -385,6 +435,18 @@ class DynamicBatcher:
                 continue
             self._queue.popleft()
             self._queued_bytes -= item.array.nbytes
+            item.req.unstarted -= 1
+            batch.append(item)
+        bg_limit = min(self.max_batch_size, len(batch) + self.max_background_per_batch)
+        while self._bg_queue and len(batch) < bg_limit:
+            item = self._bg_queue[0]
+            if item.req.future.done():
+                self._bg_queue.popleft()
+                continue
+            if item.req.deadline <= now:
+                self._expire(item.req)
+                continue
+            self._bg_queue.popleft()
             item.req.unstarted -= 1
             batch.append(item)
         self.observer.queue_depth(len(self._queue))
@@ -402,7 +464,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         idle = True
         while True:
-            if not self._queue:
+            if not self._queue and not self._bg_queue:
                 self._check_idle()
                 self._wakeup.clear()  # type: ignore[union-attr]
                 await self._wakeup.wait()  # type: ignore[union-attr]

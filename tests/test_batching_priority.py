@@ -1,0 +1,106 @@
+"""Batcher priorities (no HTTP, fake model): background images (asynchronous jobs) only fill the
+slots interactive images leave free, are capped per batch, and never make interactive callers
+see a full queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from test_batching import FakeModel, img, run, wait_started
+
+from service.batching import BACKGROUND, DynamicBatcher, QueueFullError
+
+
+def test_interactive_images_go_first_and_background_share_is_capped():
+    """While the worker is blocked, 10 background and then 3 interactive images queue up. The next
+    batch holds the 3 interactive images first and at most max_background_per_batch background
+    ones; every caller still gets its own rows."""
+    model = FakeModel(blocking=True)
+
+    async def body():
+        b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=0, max_queue_images=16,
+                           max_background_images=16, max_background_per_batch=2)
+        b.start()
+        first = asyncio.ensure_future(b.submit([img(1)]))
+        await wait_started(model)  # the worker is busy with marker 1
+        bg = asyncio.ensure_future(b.submit([img(100 + i) for i in range(10)], priority=BACKGROUND))
+        await asyncio.sleep(0.01)
+        inter = asyncio.ensure_future(b.submit([img(10), img(11), img(12)]))
+        await asyncio.sleep(0.01)
+        assert b.queue_depth == 3 and b.background_depth == 10
+        model.gate.set()
+        out_first, out_bg, out_inter = await asyncio.gather(first, bg, inter)
+        await b.close(5)
+        return out_first, out_bg, out_inter
+
+    out_first, out_bg, out_inter = run(body())
+    assert model.batches[0] == [1]
+    assert model.batches[1] == [10, 11, 12, 100, 101], model.batches
+    assert all(len([m for m in batch if m >= 100]) <= 2 for batch in model.batches), model.batches
+    np.testing.assert_array_equal(out_inter[:, 0], [10, 11, 12])
+    np.testing.assert_array_equal(out_bg[:, 0], [100 + i for i in range(10)])
+    assert sorted(model.ran()) == sorted([1, 10, 11, 12] + [100 + i for i in range(10)])
+
+
+def test_background_work_does_not_fill_the_interactive_queue():
+    """A full background queue never turns interactive callers away; the background queue has its
+    own bound and refuses the background caller instead."""
+    model = FakeModel(blocking=True)
+
+    async def body():
+        b = DynamicBatcher(model, max_batch_size=4, max_batch_delay_ms=0, max_queue_images=2,
+                           max_background_images=6)
+        b.start()
+        first = asyncio.ensure_future(b.submit([img(1)]))
+        await wait_started(model)
+        bg = asyncio.ensure_future(b.submit([img(100 + i) for i in range(6)], priority=BACKGROUND))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            await b.submit([img(200)], priority=BACKGROUND)
+        inter = asyncio.ensure_future(b.submit([img(2), img(3)]))  # fits: only interactive images count
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            await b.submit([img(4)])  # the interactive queue (2) is full now
+        model.gate.set()
+        await asyncio.gather(first, bg, inter)
+        await b.close(5)
+
+    run(body())
+    assert model.batches[1][:2] == [2, 3], model.batches
+
+
+def test_cancelled_background_caller_leaves_the_queue():
+    """Cancelling a background submit (a job cancelled by its owner) removes its waiting images."""
+    model = FakeModel(blocking=True)
+
+    async def body():
+        b = DynamicBatcher(model, max_batch_size=4, max_batch_delay_ms=0, max_background_images=8)
+        b.start()
+        first = asyncio.ensure_future(b.submit([img(1)]))
+        await wait_started(model)
+        bg = asyncio.ensure_future(b.submit([img(100 + i) for i in range(5)], priority=BACKGROUND))
+        await asyncio.sleep(0.01)
+        assert b.background_depth == 5
+        bg.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await bg
+        assert b.background_depth == 0
+        model.gate.set()
+        await first
+        await b.close(5)
+
+    run(body())
+    assert model.ran() == [1]
+
+
+def test_unknown_priority_is_refused():
+    async def body():
+        b = DynamicBatcher(FakeModel(), max_batch_size=2)
+        b.start()
+        with pytest.raises(ValueError):
+            await b.submit([img(1)], priority="urgent")
+        await b.close(5)
+
+    run(body())
