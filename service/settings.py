@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The bundled default model directory, relative to the repository root.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+#: The default directory of the SQLite job store (git-ignored ``.cache/`` of the repository root).
+DEFAULT_JOBS_DIR = Path(__file__).resolve().parent.parent / ".cache" / "jobs"
 
 
 class Settings(BaseSettings):
@@ -72,6 +74,37 @@ class Settings(BaseSettings):
         default_factory=list, description="accepted API keys (JSON list); empty = no authentication"
     )
     cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins; empty = CORS off")
+    # --- asynchronous jobs (POST /jobs) ------------------------------------------------------
+    max_images_per_job: int = Field(1000, ge=1, description="images in one POST /jobs request at most; beyond: 413")
+    jobs_dir: Path = Field(
+        DEFAULT_JOBS_DIR, description="directory of the default SQLite job store (jobs.sqlite3), used when "
+        "jobs_database_url is unset; one service process per SQLite file"
+    )
+    jobs_database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the job store; e.g. postgresql+psycopg://user@host/db so several "
+        "replicas share one queue (needs the `postgres` extra). None = SQLite in jobs_dir"
+    )
+    job_retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="seconds a finished (succeeded/failed/cancelled) job and its results "
+        "are kept after finishing; then a background sweep deletes them"
+    )
+    job_sweep_interval_s: float = Field(
+        60.0, gt=0, description="seconds between sweeps deleting expired jobs and refreshing the job metrics"
+    )
+    job_chunk_images: int = Field(
+        8, ge=1, description="images a replica claims from the job queue at a time (one background batcher call)"
+    )
+    job_max_inflight_chunks: int = Field(
+        2, ge=1, description="claimed chunks per replica in the batcher at once; bounds the share of the "
+        "batcher that job work can hold (job_chunk_images * this images)"
+    )
+    job_lease_s: float = Field(
+        60.0, gt=0, description="seconds a claim on a chunk lasts; a replica that dies holding it loses it after "
+        "this long and another replica (or this one after a restart) computes the chunk"
+    )
+    job_poll_interval_s: float = Field(
+        1.0, gt=0, description="seconds between looks at the job queue when idle (new local jobs wake it at once)"
+    )
     # --- shutdown ----------------------------------------------------------------------------
     shutdown_grace_s: float = Field(30.0, ge=0, description="seconds to drain accepted work on SIGTERM")
 
