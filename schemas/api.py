@@ -263,6 +263,87 @@ class ModelInfo(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
+# asynchronous jobs (POST /jobs, GET /jobs/{id}, DELETE /jobs/{id})
+# --------------------------------------------------------------------------------------------
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+_JOB_ID_EXAMPLE = "5f0c2b7e9d4a4f3c8e1b2a6d7c9e0f11"
+
+
+class JobCreateRequest(BaseModel):
+    """JSON body of ``POST /jobs``: the images of ``POST /predict`` plus an optional reference."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"reference": "study-2024-118", "images": [{"id": "lesion-1", "data": _B64_EXAMPLE}]}]
+        },
+    )
+
+    images: list[ImageInput] = Field(
+        min_length=1,
+        description="images to classify, answered in the same order; at most `max_images_per_job` "
+        "(setting, default 1000) or the request is refused with 413",
+    )
+    reference: str | None = Field(
+        None, max_length=256, description="optional client reference (e.g. a study id), stored and echoed back"
+    )
+
+
+class JobAccepted(BaseModel):
+    """Answer of ``POST /jobs`` (202 Accepted; ``Location: /jobs/{id}``): the job's receipt."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": _JOB_ID_EXAMPLE, "status": "queued", "total": 120,
+                                         "reference": "study-2024-118"}]}
+    )
+
+    id: str = Field(description="job id; poll `GET /jobs/{id}`")
+    status: JobState = Field(description="always `queued` in this answer")
+    total: int = Field(ge=1, description="number of images in the job")
+    reference: str | None = Field(None, description="the client's reference, if it gave one")
+
+
+class JobStatus(BaseModel):
+    """Answer of ``GET /jobs/{id}`` (and ``DELETE /jobs/{id}``).
+
+    ``results`` is present once the job has ``succeeded``: one :class:`Prediction` per image (the
+    same shape as ``POST /predict`` answers), in input order. Times are ISO 8601 UTC.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"id": _JOB_ID_EXAMPLE, "status": "running", "done": 40, "total": 120,
+                 "reference": "study-2024-118", "created_at": "2026-11-24T01:30:26.120Z", "finished_at": None,
+                 "error": None},
+                {"id": _JOB_ID_EXAMPLE, "status": "succeeded", "done": 1, "total": 1,
+                 "reference": "study-2024-118", "created_at": "2026-11-24T01:30:26.120Z",
+                 "finished_at": "2026-11-24T01:30:31.870Z", "error": None,
+                 "model": {"name": "mobilenetv2-ham10000", "version": "1.0.0"},
+                 "results": [Prediction.model_config["json_schema_extra"]["examples"][0]],  # type: ignore[index]
+                 "disclaimer": DISCLAIMER},
+            ]
+        },
+    )
+
+    id: str
+    status: JobState = Field(description="queued | running | succeeded | failed | cancelled")
+    done: int = Field(ge=0, description="images whose result is stored")
+    total: int = Field(ge=1, description="images in the job")
+    reference: str | None = Field(None, description="the client's reference, if it gave one")
+    created_at: str = Field(description="when the job was accepted (ISO 8601 UTC)")
+    finished_at: str | None = Field(None, description="when it succeeded, failed or was cancelled (ISO 8601 UTC)")
+    error: str | None = Field(None, description="why the job failed (status `failed` only)")
+    model: ModelRef | None = Field(None, description="the model that answered (with `results`)")
+    results: list[Prediction] | None = Field(
+        None, description="per-image predictions in input order; only when status is `succeeded`"
+    )
+    disclaimer: str | None = Field(None, description="with `results`: this output supports, and does not replace, "
+                                   "a clinician")
+
+
+# --------------------------------------------------------------------------------------------
 # Open Inference Protocol V2 (KServe specification/protocol/inference_rest.md)
 # --------------------------------------------------------------------------------------------
 Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",

@@ -30,6 +30,8 @@ def main(
     seed: int = typer.Option(42),
     no_augment: bool = typer.Option(False, help="disable augmentation"),
     no_gallery: bool = typer.Option(False, help="skip the image gallery PNGs"),
+    cache_dir: Optional[Path] = typer.Option(Path(".cache/images"), help="decoded-image cache folder"),
+    no_cache: bool = typer.Option(False, help="do not cache decoded images on disk"),
     config_json: Optional[Path] = typer.Option(None, help="a config.json to start from; flags given override it"),
 ) -> None:
     """Train, select the best epoch on val balanced accuracy, calibrate on val, report on test."""
@@ -39,7 +41,7 @@ def main(
         data_dir=data_dir, output_dir=output_dir, arch=arch, weights=weights, image_size=image_size,
         head_epochs=head_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
         finetune_lr=finetune_lr, imbalance=imbalance, limit_per_split=limit_per_split, seed=seed,
-        augment=not no_augment, gallery=not no_gallery)))
+        augment=not no_augment, gallery=not no_gallery, cache_dir=None if no_cache else cache_dir)))
     from trainer.train import run
 
     run(cfg)
