@@ -1,17 +1,37 @@
 """``python -m service`` / ``dermserve``: run the service with uvicorn (one process).
 
 Reads :class:`~service.settings.Settings` from ``DERMSERVE_*``; binds ``host:port`` (default
-http://127.0.0.1:8000, docs at ``/docs``). SIGTERM/SIGINT turn readiness 503 immediately, then
-uvicorn stops accepting connections, waits up to ``shutdown_grace_s`` for open requests, and the
-lifespan drains the batcher. After a clean stop uvicorn re-raises the signal it caught, so the
-process ends "killed by SIGTERM" (status 143 / -15) as the default handler would; 3 (uvicorn's
-startup failure) when the model cannot be served (e.g. sha256 mismatch).
+http://127.0.0.1:8000, docs at ``/docs``).
+
+Graceful shutdown on SIGTERM/SIGINT, bounded by one budget ``G = shutdown_grace_s``:
+
+1. at once (in the signal handler): readiness (``/health/ready``, ``/v2/health/ready``) answers
+   503 and so does every request that has not yet passed the readiness gate -- including new
+   connections, because the listening socket stays open while draining (a load balancer still
+   sending traffic gets a fast 503 with ``Retry-After`` instead of a connection error);
+2. every request *accepted* before the signal (it passed the gate: it is decoding, queued or
+   inferring) is answered normally; the batcher keeps accepting their images. This phase ends
+   when no accepted request is left, or at ``signal time + G``; in the latter case the batcher is
+   closed and what is left of it is answered 503 (a batch already inside onnxruntime cannot be
+   interrupted; its callers get 503 too);
+3. the listening socket closes (from now on new connections are refused), idle connections are
+   closed, uvicorn waits at most ~1 s for answers still being written, and the lifespan stops
+   the batcher and the decode pool.
+
+So the process is gone within about ``G`` + 1 s of the signal, and ``G`` only when some accepted
+request really needs it. Exit status: 0 after a graceful stop (uvicorn would re-raise the caught
+signal and end "killed by SIGTERM", status 143 / -15; we do not, so orchestrators and supervisors
+see a clean exit); a second SIGINT skips the wait; 3 (uvicorn's startup failure) when the model
+cannot be served (e.g. sha256 mismatch).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
 import sys
-from collections.abc import Callable
+import time
 from types import FrameType
 
 import uvicorn
@@ -19,18 +39,55 @@ import uvicorn
 from service.app import create_app
 from service.logs import configure_logging
 from service.settings import get_settings
+from service.state import AppState
+
+log = logging.getLogger("dermserve")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn server that flips readiness to 503 the moment a shutdown signal arrives."""
+    """uvicorn server with the bounded graceful shutdown described in the module docstring."""
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+    #: seconds uvicorn may still wait for connections after the drain (answers being written)
+    FLUSH_S = 1.0
+
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
         super().__init__(config)
-        self._on_exit = on_exit
+        self._state = state
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:  # noqa: D102
-        self._on_exit()
+        self._state.begin_shutdown()  # readiness 503 now, and the shutdown budget starts now
         super().handle_exit(sig, frame)
+        # uvicorn re-raises the caught signals after serve() so that the process dies of them;
+        # a graceful stop is a success here: exit 0
+        self._captured_signals.clear()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:  # noqa: D102
+        state = self._state
+        state.begin_shutdown()  # no-op after a signal; sets the deadline on other exits
+        t0 = time.monotonic()
+        log.info("shutdown: answering %d accepted requests (budget %.1f s); new requests get 503",
+                 state.inflight, state.shutdown_remaining_s(), extra={"event": "shutdown_begin"})
+        drained = await self._wait_accepted()
+        if not drained and state.batcher is not None:
+            left = state.inflight
+            await state.batcher.close(timeout_s=0)  # leftovers (queued or running) -> BatcherClosed -> 503
+            log.warning("shutdown budget used up: %d accepted requests were not answered in time and get 503",
+                        left, extra={"event": "shutdown_budget_exceeded"})
+            await asyncio.sleep(0.05)  # let their handlers write the 503
+        log.info("shutdown: accepted requests answered in %.2f s; closing the listener", time.monotonic() - t0,
+                 extra={"event": "shutdown_drained" if drained else "shutdown_cut"})
+        self.config.timeout_graceful_shutdown = max(0.1, min(self.FLUSH_S, state.shutdown_remaining_s() + 0.5))
+        await super().shutdown(sockets)
+
+    async def _wait_accepted(self) -> bool:
+        """Wait for the accepted requests (stops early on a second SIGINT); True when all answered."""
+        waiter = asyncio.ensure_future(self._state.wait_accepted_answered())
+        while not waiter.done():
+            if self.force_exit:
+                waiter.cancel()
+                return False
+            await asyncio.wait({waiter}, timeout=0.1)
+        return waiter.result()
 
 
 def main() -> int:
@@ -45,11 +102,11 @@ def main() -> int:
         log_config=None,  # keep our JSON logging
         log_level=settings.log_level.lower(),
         access_log=False,  # RequestContextMiddleware logs one line per request, with its id
-        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=_Server.FLUSH_S,  # set again from the remaining budget at shutdown
         lifespan="on",
         server_header=False,
     )
-    server = _Server(config, on_exit=app.state.dermserve.begin_shutdown)
+    server = _Server(config, app.state.dermserve)
     server.run()  # sys.exit(3) from inside uvicorn when the lifespan startup fails
     return 0 if server.started else 3
 

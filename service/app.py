@@ -4,7 +4,8 @@ Lifespan: load the model directory (:class:`~service.runtime.ModelRuntime` verif
 ``model.onnx`` against ``manifest.json``; on :class:`~service.runtime.ModelLoadError` the reason is
 logged and startup fails, so uvicorn exits non-zero and a wrong model is never served), warm up,
 start the decode pool and the dynamic batcher, then report ready. On shutdown readiness turns 503
-at once, accepted work is drained within ``shutdown_grace_s`` seconds, and the workers stop.
+at once, accepted work is drained within what is left of the ``shutdown_grace_s`` budget
+(it starts at SIGTERM, see :mod:`service.__main__`), and the workers stop.
 """
 
 from __future__ import annotations
@@ -125,10 +126,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            state.begin_shutdown()
-            log.info("shutting down: draining accepted work (up to %.1f s)", settings.shutdown_grace_s,
+            state.begin_shutdown()  # no-op after SIGTERM (service.__main__ already drained the requests)
+            remaining = state.shutdown_remaining_s()  # one budget for the whole shutdown, not grace per phase
+            log.info("shutting down: draining accepted work (up to %.1f s)", remaining,
                      extra={"event": "draining"})
-            await batcher.close(timeout_s=settings.shutdown_grace_s)
+            await batcher.close(timeout_s=remaining)
             decode_pool.shutdown(wait=False, cancel_futures=True)
             log.info("stopped", extra={"event": "stopped"})
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,11 +31,39 @@ class AppState:
     dataplane: DataPlane | None = None
     ready: bool = False
     shutting_down: bool = False
+    #: requests that passed the readiness gate (``routes.deps.get_dataplane``) and are not answered yet
+    inflight: int = 0
+    #: ``time.monotonic()`` by which shutdown must be over; set by the first :meth:`begin_shutdown`
+    shutdown_deadline: float | None = None
 
     def begin_shutdown(self) -> None:
-        """Mark the service as shutting down: readiness answers 503 from now on."""
+        """Mark the service as shutting down: readiness and every gated route answer 503 from now on.
+
+        The first call also fixes :attr:`shutdown_deadline` = now + ``shutdown_grace_s``: the one
+        budget that the whole shutdown (answering accepted requests, draining the batcher, closing
+        connections) shares. Safe to call from a signal handler (it only sets attributes).
+        """
+        if self.shutdown_deadline is None:
+            self.shutdown_deadline = time.monotonic() + self.settings.shutdown_grace_s
         self.shutting_down = True
         self.ready = False
+
+    def shutdown_remaining_s(self) -> float:
+        """Seconds left of the shutdown budget (>= 0); the full ``shutdown_grace_s`` before shutdown."""
+        if self.shutdown_deadline is None:
+            return self.settings.shutdown_grace_s
+        return max(0.0, self.shutdown_deadline - time.monotonic())
+
+    async def wait_accepted_answered(self, poll_s: float = 0.02) -> bool:
+        """Wait until no accepted request is in flight and the batcher queue is empty.
+
+        Gives up at :attr:`shutdown_deadline`. Returns True when everything accepted was answered.
+        """
+        while self.inflight > 0 or (self.batcher is not None and self.batcher.queue_depth > 0):
+            if self.shutdown_remaining_s() <= 0:
+                return False
+            await asyncio.sleep(poll_s)
+        return True
 
     @property
     def is_ready(self) -> bool:

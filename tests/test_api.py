@@ -12,7 +12,6 @@ import base64
 import importlib.util
 import re
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -433,8 +432,8 @@ def test_sigterm_drains_and_exits_cleanly(server_factory, test_images):
     server = server_factory()
     with httpx.Client(base_url=server.base_url, timeout=30.0) as c:
         assert c.post("/predict", files=multipart(test_images(2))).status_code == 200
-    # uvicorn re-raises the captured SIGTERM after its graceful shutdown: death by SIGTERM is clean
-    assert server.stop() in (0, -signal.SIGTERM)
+    # a graceful stop exits 0 (service.__main__ does not let uvicorn re-raise the signal); see test_shutdown.py
+    assert server.stop() == 0
     log = server.log()
     assert '"event": "draining"' in log and '"event": "stopped"' in log
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 from fastapi import Depends, Request
@@ -25,11 +25,20 @@ def get_state(request: Request) -> AppState:
     return request.app.state.dermserve
 
 
-def get_dataplane(state: AppState = Depends(get_state)) -> DataPlane:
-    """The dataplane, or :class:`NotReadyError` (-> 503) before warm-up / during shutdown."""
+async def get_dataplane(state: AppState = Depends(get_state)) -> AsyncIterator[DataPlane]:
+    """The dataplane, or :class:`NotReadyError` (-> 503) before warm-up / during shutdown.
+
+    This is the readiness gate that defines an *accepted* request: one that passed it is counted
+    in ``state.inflight`` until its answer has been sent (a yield dependency ends after the
+    response), so a graceful shutdown can wait for exactly those (see ``service.__main__``).
+    """
     if not state.is_ready or state.dataplane is None:
         raise NotReadyError(state.not_ready_reason())
-    return state.dataplane
+    state.inflight += 1
+    try:
+        yield state.dataplane
+    finally:
+        state.inflight -= 1
 
 
 async def require_api_key(
