@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
@@ -66,6 +67,35 @@ async def require_api_key(
         raise AuthenticationError(
             "missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
         )
+
+
+async def caller_key_hash(
+    state: AppState = Depends(get_state),
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    api_key: str | None = Depends(_api_key_header),
+) -> str | None:
+    """sha256 hex of the configured API key the caller presented; None when authentication is off.
+
+    Ties asynchronous jobs to their owner: the job store keeps this hash, never the key.
+
+    Raises:
+        AuthenticationError: keys are configured and none was presented (-> 401).
+    """
+    keys = state.settings.api_keys
+    if not keys:
+        return None
+    presented = [c.encode() for c in (bearer.credentials if bearer else None, api_key) if c]
+    match: bytes | None = None
+    for cand in presented:
+        for key in keys:
+            secret = key.get_secret_value().encode()
+            if hmac.compare_digest(cand, secret):
+                match = secret
+    if match is None:
+        raise AuthenticationError(
+            "missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        )
+    return hashlib.sha256(match).hexdigest()
 
 
 class ClientDisconnected(Exception):
