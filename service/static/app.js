@@ -211,11 +211,12 @@
     (pred.referral_reasons || []).forEach((r) => {
       const li = document.createElement("li");
       if (r === "malignant_probability_at_or_above_threshold") {
-        li.textContent = "Malignant probability " + pct(pred.malignant_probability) + " is at or above the referral threshold" +
+        li.textContent = "Malignant probability " + pct(pred.malignant_probability) +
+          " is at or above the referral threshold" +
           (thr ? " of " + pct(thr.malignant_probability_threshold) : "") + ".";
       } else if (r === "top_probability_below_minimum") {
-        li.textContent = "The model is uncertain: the top class probability " + pct(pred.probability) + " is below the minimum" +
-          (thr ? " of " + pct(thr.min_top_probability) : "") + ".";
+        li.textContent = "The model is uncertain: the top class probability " + pct(pred.probability) +
+          " is below the minimum" + (thr ? " of " + pct(thr.min_top_probability) : "") + ".";
       } else {
         li.textContent = r;
       }
