@@ -1,0 +1,1 @@
+"""Benchmark harness for dermserve (``python -m benchmarks --help``); see benchmarks/README.md."""
