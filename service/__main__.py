@@ -22,7 +22,8 @@ So the process is gone within about ``G`` + 1 s of the signal, and ``G`` only wh
 request really needs it. Exit status: 0 after a graceful stop (uvicorn would re-raise the caught
 signal and end "killed by SIGTERM", status 143 / -15; we do not, so orchestrators and supervisors
 see a clean exit); a second SIGINT skips the wait; 3 (uvicorn's startup failure) when the model
-cannot be served (e.g. sha256 mismatch).
+cannot be served (e.g. sha256 mismatch); 2 when the ``DERMSERVE_*`` settings are invalid (a message
+on stderr naming the setting, never its value).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import time
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from service.app import create_app
 from service.logs import configure_logging
@@ -91,8 +94,12 @@ class _Server(uvicorn.Server):
 
 
 def main() -> int:
-    """Run the service until SIGTERM/SIGINT; returns the process exit status."""
-    settings = get_settings()
+    """Run the service until SIGTERM/SIGINT; returns the process exit status (2: invalid settings)."""
+    try:
+        settings = get_settings()
+    except (ValidationError, SettingsError) as exc:
+        print(f"dermserve: invalid DERMSERVE_* configuration: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     app = create_app(settings)
     config = uvicorn.Config(

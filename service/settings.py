@@ -6,12 +6,14 @@ shows the effective values. A ``.env`` file in the working directory is read too
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The bundled default model directory, relative to the repository root.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
@@ -19,11 +21,39 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default
 DEFAULT_JOBS_DIR = Path(__file__).resolve().parent.parent / ".cache" / "jobs"
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its CPU affinity (``taskset``, cpusets, Kubernetes static CPU manager).
+
+    Not ``os.cpu_count()``, which counts the host's cores even when the process is pinned to a few.
+    A CFS *quota* (``docker --cpus``, Kubernetes ``limits.cpu`` without static CPU manager) does
+    not show in the affinity, so in such containers set the thread settings explicitly.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def split_list_setting(value: Any) -> Any:
+    """``DERMSERVE_*`` list values: a JSON list (``'["a", "b"]'``) or a comma-separated string (``a,b``).
+
+    Blank items are dropped, so ``""`` is the empty list; non-strings are returned unchanged. An
+    item that itself contains a comma needs the JSON form.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 class Settings(BaseSettings):
     """All settings of the service. Environment variable = ``DERMSERVE_`` + field name in capitals."""
 
     model_config = SettingsConfigDict(env_prefix="DERMSERVE_", env_file=".env", extra="ignore",
-                                      protected_namespaces=("settings_",))
+                                      protected_namespaces=("settings_",),
+                                      hide_input_in_errors=True)  # errors must not echo API keys
 
     # --- model -------------------------------------------------------------------------------
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="model directory: model.onnx + manifest.json")
@@ -32,11 +62,15 @@ class Settings(BaseSettings):
         description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
     )
     intra_op_threads: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, description="onnxruntime intra-op threads (default: cores)"
+        default_factory=available_cpus, ge=1,
+        description="onnxruntime intra-op threads (default: the CPUs this process may use, see available_cpus). "
+        "Together with decode_threads up to twice that many threads can be busy at peak: the default favours "
+        "the latency of a lone request; on a shared host set intra_op_threads + decode_threads ~ cores",
     )
     inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads")
     decode_threads: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, description="threads decoding and resizing images"
+        default_factory=available_cpus, ge=1,
+        description="threads decoding and resizing images (default: the CPUs this process may use)",
     )
     # --- server ------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="bind address; the default accepts local connections only")
@@ -70,10 +104,13 @@ class Settings(BaseSettings):
         None, ge=0, le=1, description="override the manifest's minimum top-1 probability (below it: refer)"
     )
     # --- access ------------------------------------------------------------------------------
-    api_keys: list[SecretStr] = Field(
-        default_factory=list, description="accepted API keys (JSON list); empty = no authentication"
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="accepted API keys: comma-separated (k1,k2) or a JSON list "
+        '(["k1","k2"]); empty = no authentication'
     )
-    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins; empty = CORS off")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allowed CORS origins, comma-separated or a JSON list; empty = CORS off"
+    )
     # --- asynchronous jobs (POST /jobs) ------------------------------------------------------
     max_images_per_job: int = Field(1000, ge=1, description="images in one POST /jobs request at most; beyond: 413")
     jobs_dir: Path = Field(
@@ -107,6 +144,11 @@ class Settings(BaseSettings):
     )
     # --- shutdown ----------------------------------------------------------------------------
     shutdown_grace_s: float = Field(30.0, ge=0, description="seconds to drain accepted work on SIGTERM")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        return split_list_setting(value)
 
 
 @lru_cache

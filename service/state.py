@@ -55,11 +55,12 @@ class AppState:
         return max(0.0, self.shutdown_deadline - time.monotonic())
 
     async def wait_accepted_answered(self, poll_s: float = 0.02) -> bool:
-        """Wait until no accepted request is in flight and the batcher queue is empty.
+        """Wait until no accepted request is in flight (their images in the batcher included).
 
+        Background work in the batcher (jobs) is not waited for here: the lifespan stops it.
         Gives up at :attr:`shutdown_deadline`. Returns True when everything accepted was answered.
         """
-        while self.inflight > 0 or (self.batcher is not None and self.batcher.queue_depth > 0):
+        while self.inflight > 0:
             if self.shutdown_remaining_s() <= 0:
                 return False
             await asyncio.sleep(poll_s)
