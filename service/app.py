@@ -21,13 +21,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from schemas.api import DISCLAIMER, InferenceRequest, PredictRequest
+from schemas.api import DISCLAIMER, InferenceRequest, JobCreateRequest, PredictRequest
 from service.batching import DynamicBatcher
 from service.dataplane import DataPlane
 from service.errors import install_error_handlers
+from service.jobs.plane import JobPlane
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobStore, sqlite_url
 from service.metrics import Metrics
 from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from service.routes import health, metrics, model, predict, ui, v2
+from service.routes import health, jobs, metrics, model, predict, ui, v2
 from service.routes.ui import STATIC_DIR
 from service.settings import Settings, get_settings
 from service.state import AppState
@@ -41,6 +44,8 @@ mel, nv, vasc), temperature-calibrated probabilities and a referral recommendati
 **{DISCLAIMER}**
 
 * `POST /predict` -- multipart (`images` file parts) or JSON (base64);
+* `POST /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}` -- asynchronous jobs for whole studies (durable,
+  lower batching priority than `/predict`);
 * `GET /model` -- what is served; `GET /health/live`, `GET /health/ready`; `GET /metrics`;
 * `/v2/...` -- Open Inference Protocol V2 (KServe / Triton compatible).
 """
@@ -108,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_batch_delay_ms=settings.max_batch_delay_ms,
             max_queue_images=settings.max_queue_images,
             max_queue_bytes=settings.max_queue_bytes,
+            max_background_images=settings.job_chunk_images * settings.job_max_inflight_chunks,
+            max_background_per_batch=settings.job_chunk_images,
             request_timeout_ms=settings.request_timeout_ms,
             item_shape=(runtime.spec.height, runtime.spec.width, 3),
             observer=state.metrics,
@@ -120,6 +127,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             referral_malignant_threshold=settings.referral_malignant_threshold,
             referral_min_top_probability=settings.referral_min_top_probability,
         )
+        try:
+            store = await asyncio.to_thread(
+                JobStore, settings.jobs_database_url or sqlite_url(settings.jobs_dir))
+        except Exception as exc:
+            log.critical("refusing to start: the job store cannot be opened: %r", exc,
+                         extra={"event": "job_store_failed"})
+            raise
+        runner = JobRunner(
+            store, state.dataplane, batcher, chunk_images=settings.job_chunk_images,
+            max_inflight=settings.job_max_inflight_chunks, lease_s=settings.job_lease_s,
+            poll_interval_s=settings.job_poll_interval_s, sweep_interval_s=settings.job_sweep_interval_s,
+            retention_s=settings.job_retention_s,
+            on_stats=lambda s: state.metrics.job_stats(s.by_status, s.oldest_queued_age_s),
+        )
+        await runner.start()
+        state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job)
+        log.info("job store %s open, worker %s", store.engine.url.render_as_string(hide_password=True),
+                 runner.worker_id, extra={"event": "jobs_ready"})
         state.metrics.model_info.labels(name=m.name, version=m.version, provider=runtime.provider).set(1)
         state.ready = True
         log.info("ready", extra={"event": "ready"})
@@ -130,8 +155,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             remaining = state.shutdown_remaining_s()  # one budget for the whole shutdown, not grace per phase
             log.info("shutting down: draining accepted work (up to %.1f s)", remaining,
                      extra={"event": "draining"})
-            await batcher.close(timeout_s=remaining)
+            await runner.stop(timeout_s=min(2.0, remaining))  # unfinished chunks: claims released
+            await batcher.close(timeout_s=state.shutdown_remaining_s())
             decode_pool.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(store.close)
             log.info("stopped", extra={"event": "stopped"})
 
     app = FastAPI(
@@ -141,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=[
             {"name": "predict", "description": "classify images"},
+            {"name": "jobs", "description": "asynchronous jobs: submit a study, collect the results later"},
             {"name": "model", "description": "the served model"},
             {"name": "health", "description": "liveness and readiness (no authentication)"},
             {"name": "open inference protocol", "description": "KServe / Triton V2 REST protocol"},
@@ -150,7 +178,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dermserve = state
     install_error_handlers(app)
 
-    for r in (health.router, predict.router, model.router, v2.open_router, v2.router, metrics.router, ui.router):
+    for r in (health.router, predict.router, jobs.router, model.router, v2.open_router, v2.router, metrics.router,
+              ui.router):
         app.include_router(r)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -178,7 +207,7 @@ def _install_openapi(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model_cls in (PredictRequest, InferenceRequest):
+        for model_cls in (PredictRequest, InferenceRequest, JobCreateRequest):
             js = model_cls.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, sub in js.pop("$defs", {}).items():
                 comps.setdefault(name, sub)

@@ -19,6 +19,8 @@ PayloadTooLargeError                            413     body over ``max_upload_b
 UnsupportedMediaTypeError                       415
 AuthenticationError                             401     ``WWW-Authenticate: Bearer``
 ModelNotFoundError                              404     OIP: unknown model name/version
+JobNotFoundError                                404     unknown/expired job, or another API key's job
+JobFinishedError                                409     DELETE /jobs/{id} of a finished job
 QueueFullError                                  503     ``Retry-After`` (seconds, estimated)
 BatcherClosed, NotReadyError                    503     ``Retry-After: 5``
 DeadlineExceeded                                504     ``request_timeout_ms`` passed before start
@@ -51,6 +53,7 @@ from service.dataplane import (
     NoImagesError,
     TooManyImagesError,
 )
+from service.jobs import JobFinishedError, JobNotFoundError
 from service.preprocessing import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,8 @@ ERROR_TABLE: dict[type[BaseException], ErrorRule] = {
     UnsupportedMediaTypeError: ErrorRule(415),
     AuthenticationError: ErrorRule(401, headers=lambda e: {"WWW-Authenticate": "Bearer"}),
     ModelNotFoundError: ErrorRule(404),
+    JobNotFoundError: ErrorRule(404),
+    JobFinishedError: ErrorRule(409),
     QueueFullError: ErrorRule(503, headers=lambda e: {"Retry-After": str(e.retry_after_s)}),
     BatcherClosed: ErrorRule(503, headers=lambda e: {"Retry-After": "5"}),
     NotReadyError: ErrorRule(503, headers=lambda e: {"Retry-After": "5"}),
@@ -177,7 +182,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     from schemas.api import ErrorResponse
 
     text = {
-        401: "missing or wrong API key", 404: "unknown model", 413: "too many images or body too large",
+        401: "missing or wrong API key", 404: "unknown model", 409: "conflict with the resource's state",
+        413: "too many images or body too large",
         415: "unsupported Content-Type", 422: "undecodable image / invalid base64 / malformed body "
         "(detail names each failed image index)", 500: "inference failed",
         503: "not ready, shutting down, or queue full (see Retry-After)", 504: "deadline exceeded before inference",

@@ -12,6 +12,9 @@ Exposed names (all prefixed ``dermserve_``):
 - ``images_refused_total{reason}`` -- counter, images refused at submit (``queue_full``, ``closed``).
 - ``images_expired_total`` -- counter, images dropped at their deadline.
 - ``model_info{name,version,provider}`` -- gauge set to 1 for the served model.
+- ``jobs{status}`` -- gauge, asynchronous jobs in the job store by status (queued, running, succeeded,
+  failed, cancelled); refreshed every few seconds from the store (shared by all replicas).
+- ``job_queue_age_seconds`` -- gauge, age of the oldest ``queued`` job (0 when none waits).
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ class Metrics(BatcherObserver):
                                 ["name", "version", "provider"], registry=r)
         for reason in ("queue_full", "closed"):
             self.refused_images.labels(reason=reason)
+        self.jobs = Gauge("dermserve_jobs", "asynchronous jobs in the job store by status", ["status"], registry=r)
+        self.job_queue_age = Gauge("dermserve_job_queue_age_seconds", "age of the oldest queued job (seconds)",
+                                   registry=r)
+
+    def job_stats(self, by_status: dict[str, int], oldest_queued_age_s: float) -> None:
+        """Set the job gauges from the store's counts (jobs by status, oldest queued job's age in s)."""
+        for status, n in by_status.items():
+            self.jobs.labels(status=status).set(n)
+        self.job_queue_age.set(oldest_queued_age_s)
 
     # BatcherObserver hooks
     def queue_depth(self, images: int) -> None:  # noqa: D102

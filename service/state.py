@@ -13,6 +13,7 @@ from service.settings import Settings
 if TYPE_CHECKING:  # keep this module free of onnxruntime imports
     from service.batching import DynamicBatcher
     from service.dataplane import DataPlane
+    from service.jobs.plane import JobPlane
     from service.runtime import ModelRuntime
 
 
@@ -29,6 +30,8 @@ class AppState:
     runtime: ModelRuntime | None = None
     batcher: DynamicBatcher | None = None
     dataplane: DataPlane | None = None
+    #: asynchronous jobs (``/jobs``); set by the lifespan once the job store is open
+    jobs: JobPlane | None = None
     ready: bool = False
     shutting_down: bool = False
     #: requests that passed the readiness gate (``routes.deps.get_dataplane``) and are not answered yet

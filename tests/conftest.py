@@ -132,6 +132,7 @@ def spawn_server(log_path: Path, env_overrides: dict[str, str], model_dir: Path)
         "DERMSERVE_INTRA_OP_THREADS": "1",
         "DERMSERVE_DECODE_THREADS": "2",
         "DERMSERVE_SHUTDOWN_GRACE_S": "5",
+        "DERMSERVE_JOBS_DIR": str(log_path.parent / "jobs"),  # a job store per server, never the repo's .cache
         "PYTHONUNBUFFERED": "1",
     })
     env.update(env_overrides)

@@ -1,0 +1,102 @@
+"""What the ``/jobs`` routes call: validate and persist a submission, read and cancel jobs (no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from schemas.api import DISCLAIMER, JobAccepted, JobStatus, ModelRef, Prediction
+from service.dataplane import DataPlane, EncodedImage, NoImagesError, TooManyImagesError, decode_base64
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobStore, JobView
+
+
+def key_hash(api_key: str) -> str:
+    """sha256 hex of an API key: what the store keeps to tie a job to its owner (never the key)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def iso_utc(t: float | None) -> str | None:
+    """Epoch seconds -> ISO 8601 UTC with milliseconds (``...Z``)."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobPlane:
+    """Submission, status and cancellation of asynchronous jobs.
+
+    Args:
+        store: the job store.
+        dataplane: for the up-front decode check (same per-image 422 errors as ``/predict``).
+        runner: woken when a job is stored.
+        max_images_per_job: more images -> :class:`TooManyImagesError` (413).
+    """
+
+    def __init__(self, store: JobStore, dataplane: DataPlane, runner: JobRunner, max_images_per_job: int) -> None:
+        self.store = store
+        self.dataplane = dataplane
+        self.runner = runner
+        self.max_images_per_job = max_images_per_job
+
+    def check_count(self, n: int) -> None:
+        """Raise :class:`NoImagesError` for 0 and :class:`TooManyImagesError` above ``max_images_per_job``."""
+        if n == 0:
+            raise NoImagesError("the job holds no image: send file parts named 'images' or JSON {'images': [...]}")
+        if n > self.max_images_per_job:
+            raise TooManyImagesError(f"the job holds {n} images; at most {self.max_images_per_job} are accepted "
+                                     "per job")
+
+    async def submit(self, images: Sequence[EncodedImage], reference: str | None, owner: str | None) -> JobAccepted:
+        """Check every image decodes, persist the job (committed before returning), wake the runner.
+
+        Args:
+            images: the images in input order (raw bytes or base64).
+            reference: the client's reference, echoed back.
+            owner: sha256 of the caller's API key (None when authentication is off).
+
+        Returns:
+            The receipt (status ``queued``).
+
+        Raises:
+            NoImagesError, TooManyImagesError: image count out of range.
+            InvalidInputError: some image does not decode (``detail`` names each by index and id).
+        """
+        self.check_count(len(images))
+        await self.dataplane.decode_all(images)  # decode once to check; the arrays are dropped
+        raw = [(img.id, img.data if img.data is not None else decode_base64(img.b64 or "")) for img in images]
+        job_id = uuid.uuid4().hex
+        await asyncio.to_thread(self.store.create, job_id, owner, reference, raw)
+        self.runner.wake()
+        return JobAccepted(id=job_id, status="queued", total=len(raw), reference=reference)
+
+    async def get(self, job_id: str, owner: str | None) -> JobStatus:
+        """The job's status, with results once it has succeeded.
+
+        Raises:
+            JobNotFoundError: unknown, expired, or another key's job.
+        """
+        return self._status(await asyncio.to_thread(self.store.get, job_id, owner))
+
+    async def cancel(self, job_id: str, owner: str | None) -> JobStatus:
+        """Cancel an unfinished job (its stored images are deleted).
+
+        Raises:
+            JobNotFoundError: unknown, expired, or another key's job.
+            JobFinishedError: already succeeded, failed or cancelled.
+        """
+        return self._status(await asyncio.to_thread(self.store.cancel, job_id, owner))
+
+    @staticmethod
+    def _status(v: JobView) -> JobStatus:
+        out = JobStatus(id=v.id, status=v.status, done=v.done, total=v.total,  # type: ignore[arg-type]
+                        reference=v.reference, created_at=iso_utc(v.created_at) or "",
+                        finished_at=iso_utc(v.finished_at), error=v.error)
+        if v.results is not None:
+            out.results = [Prediction.model_validate_json(r) for r in v.results]
+            out.model = ModelRef(name=v.model_name or "", version=v.model_version or "")
+            out.disclaimer = DISCLAIMER
+        return out

@@ -1,0 +1,184 @@
+"""The job runner: claims stored images, feeds them to the dynamic batcher at background priority,
+stores the results; sweeps expired jobs and refreshes the job metrics (asyncio; no HTTP).
+
+One runner per service process (a *worker*, id ``host:pid:random``). It keeps at most
+``max_inflight`` chunks of ``chunk_images`` images in the batcher, so job work never holds more
+than ``chunk_images * max_inflight`` images of the batcher's background queue, and interactive
+``/predict`` images are always batched first (see :mod:`service.batching`).
+
+Failure handling per chunk:
+
+- the batcher is closed / full / past the deadline -> the claims are released, retried later;
+- an image that no longer decodes, or a failing model call -> its job(s) are marked ``failed``
+  (no endless retry of poison input);
+- the process dies -> the claims expire after ``lease_s`` seconds (or at once on the next start of
+  a SQLite-backed service, see :meth:`JobStore.requeue_at_startup`) and the chunk is computed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+from service.batching import BACKGROUND, BatcherClosed, DeadlineExceeded, DynamicBatcher, InferenceError, QueueFullError
+from service.dataplane import DataPlane, EncodedImage, InvalidInputError
+from service.jobs.store import ClaimedItem, JobStore, StoreStats
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    """``host:pid:random`` -- unique per process start, recorded on every claim and stored result."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobRunner:
+    """Feeds stored job images through the batcher.
+
+    Args:
+        store: the job store.
+        dataplane: decoding (its thread pool) and shaping of predictions, as for ``/predict``.
+        batcher: the shared dynamic batcher (job images go in at background priority).
+        chunk_images: images claimed and submitted at a time.
+        max_inflight: chunks in the batcher at once.
+        lease_s: seconds a claim lasts (also the batcher deadline of a chunk, in ms * 1000).
+        poll_interval_s: seconds between queue looks when idle (:meth:`wake` short-cuts it).
+        sweep_interval_s: seconds between retention sweeps.
+        retention_s: finished jobs older than this (seconds since finishing) are deleted.
+        on_stats: called with :class:`StoreStats` after each refresh (metrics), on the event loop.
+    """
+
+    def __init__(self, store: JobStore, dataplane: DataPlane, batcher: DynamicBatcher, *, chunk_images: int = 8,
+                 max_inflight: int = 2, lease_s: float = 60.0, poll_interval_s: float = 1.0,
+                 sweep_interval_s: float = 60.0, retention_s: float = 7 * 24 * 3600.0,
+                 on_stats: Callable[[StoreStats], None] | None = None, worker_id: str | None = None) -> None:
+        self.store = store
+        self.dataplane = dataplane
+        self.batcher = batcher
+        self.chunk_images = chunk_images
+        self.max_inflight = max_inflight
+        self.lease_s = lease_s
+        self.poll_interval_s = poll_interval_s
+        self.sweep_interval_s = sweep_interval_s
+        self.retention_s = retention_s
+        self.on_stats = on_stats
+        self.worker_id = worker_id or new_worker_id()
+        self._wakeup = asyncio.Event()
+        self._inflight: dict[asyncio.Task, list[ClaimedItem]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Requeue work left by a previous run, then start the claim and maintenance loops."""
+        requeued = await asyncio.to_thread(self.store.requeue_at_startup)
+        if requeued:
+            log.info("requeued %d unfinished jobs", requeued, extra={"event": "jobs_requeued"})
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._claim_loop(), name="dermserve-jobs-claim"),
+                       loop.create_task(self._maintenance_loop(), name="dermserve-jobs-maintenance")]
+
+    def wake(self) -> None:
+        """Look at the queue now (a job was just stored, or a chunk finished)."""
+        self._wakeup.set()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop claiming; give in-flight chunks up to ``timeout_s`` seconds, then cancel them and
+        release their claims so another replica (or the next start) takes them at once."""
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=timeout_s)
+        left = [item for t, items in list(self._inflight.items()) if not t.done() for item in items]
+        for t in list(self._inflight):
+            t.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        if left:
+            try:
+                await asyncio.to_thread(self.store.release, self.worker_id, [(i.job_id, i.idx) for i in left])
+            except Exception:  # noqa: BLE001 - the lease expires anyway
+                log.exception("could not release %d claimed images at shutdown", len(left))
+
+    # ---------------------------------------------------------------- loops
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            claimed: list[ClaimedItem] = []
+            if len(self._inflight) < self.max_inflight and self.batcher.running:
+                try:
+                    claimed = await asyncio.to_thread(self.store.claim, self.worker_id, self.chunk_images,
+                                                      self.lease_s)
+                except Exception:  # noqa: BLE001 - database hiccup: log, back off, retry
+                    log.exception("claiming job images failed")
+            if claimed:
+                task = asyncio.get_running_loop().create_task(self._run_chunk(claimed))
+                self._inflight[task] = claimed
+                task.add_done_callback(self._chunk_done)
+                continue
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
+            except TimeoutError:
+                pass
+
+    def _chunk_done(self, task: asyncio.Task) -> None:
+        self._inflight.pop(task, None)
+        self._wakeup.set()
+
+    async def _maintenance_loop(self) -> None:
+        last_sweep = 0.0
+        refresh_s = min(self.sweep_interval_s, 5.0)
+        while not self._stopping:
+            try:
+                if time.monotonic() - last_sweep >= self.sweep_interval_s:
+                    last_sweep = time.monotonic()
+                    deleted = await asyncio.to_thread(self.store.sweep, self.retention_s)
+                    if deleted:
+                        log.info("deleted %d expired jobs", deleted, extra={"event": "jobs_expired"})
+                await self.refresh_stats()
+            except Exception:  # noqa: BLE001
+                log.exception("job maintenance failed")
+            await asyncio.sleep(refresh_s)
+
+    async def refresh_stats(self) -> StoreStats:
+        """Read the job counts and pass them to ``on_stats`` (metrics)."""
+        stats = await asyncio.to_thread(self.store.stats)
+        if self.on_stats is not None:
+            self.on_stats(stats)
+        return stats
+
+    # ---------------------------------------------------------------- one chunk
+    async def _run_chunk(self, items: list[ClaimedItem]) -> None:
+        dp = self.dataplane
+        keys = [(i.job_id, i.idx) for i in items]
+        try:
+            arrays = await dp.decode_all([EncodedImage(data=i.data, id=i.image_id) for i in items])
+            probs = await self.batcher.submit(arrays, timeout_ms=self.lease_s * 1000.0, priority=BACKGROUND)
+        except InvalidInputError as exc:
+            bad = {items[d["index"]].job_id for d in exc.detail or []}
+            log.error("stored images of %d jobs no longer decode; failing them", len(bad))
+            await asyncio.to_thread(self.store.fail, bad, "a stored image could not be decoded")
+            await asyncio.to_thread(self.store.release, self.worker_id,
+                                    [(i.job_id, i.idx) for i in items if i.job_id not in bad])
+            return
+        except InferenceError:
+            await asyncio.to_thread(self.store.fail, {i.job_id for i in items}, "inference failed")
+            return
+        except (BatcherClosed, QueueFullError, DeadlineExceeded) as exc:
+            log.info("job chunk of %d images put back: %s", len(items), exc)
+            await asyncio.to_thread(self.store.release, self.worker_id, keys)
+            await asyncio.sleep(self.poll_interval_s)
+            return
+        results = [(i.job_id, i.idx, dp.shape_prediction(i.idx, i.image_id, probs[k]).model_dump_json())
+                   for k, i in enumerate(items)]
+        stored = await asyncio.to_thread(self.store.complete, self.worker_id, results, dp.manifest.name,
+                                         dp.manifest.version)
+        if stored < len(results):
+            log.info("%d of %d job results discarded (job cancelled or claim lost)", len(results) - stored,
+                     len(results))
