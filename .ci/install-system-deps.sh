@@ -6,6 +6,8 @@
 # `deploy-check` extra: pip install -e '.[cpu,test,deploy-check]'.
 # Also Debian's chromium for the upload-page browser test (tests/test_ui_browser.py), driven by
 # Playwright from the `ui-test` extra (`playwright install` cannot download browsers here).
+# Also Debian's postgresql (server binaries only; no cluster is created or started) for the
+# shared-job-queue test (tests/test_jobs.py), which runs its own initdb/pg_ctl in a temp dir.
 # Only what is missing is installed.
 set -eu
 
@@ -19,6 +21,11 @@ if [ -x /usr/bin/chromium ] && /usr/bin/chromium --version >/dev/null 2>&1; then
     echo "install-system-deps: chromium present: $(/usr/bin/chromium --version 2>/dev/null || echo '?')"
 else
     set -- "$@" chromium
+fi
+if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "install-system-deps: postgresql present: $(ls -d /usr/lib/postgresql/*/ 2>/dev/null | tr '\n' ' ')"
+else
+    set -- "$@" postgresql
 fi
 if [ "$#" -eq 0 ]; then
     exit 0
@@ -35,3 +42,4 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "$@"
 docker-compose version
 /usr/bin/chromium --version
+ls /usr/lib/postgresql/*/bin/initdb
