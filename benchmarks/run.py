@@ -691,7 +691,13 @@ def main(
         for s in servers:
             typer.echo(f"starting {s.name} ...", err=True)
             s.start()
-            diff = check_answers(s, base_images, ref_runtime, codes)
+            try:
+                diff = check_answers(s, base_images, ref_runtime, codes)
+            except RuntimeError as exc:
+                if "DERMSERVE_MODEL_DIR" not in variants.get(s.name[len("dermserve["):-1], {}):
+                    raise
+                diff = float("nan")  # a variant serving another model (e.g. int8) answers differently
+                typer.echo(f"  {exc} (expected: it serves another model)", err=True)
             typer.echo(f"  ready in {s.cold_start_s:.2f} s, RSS {s.rss_rest_mb:.0f} MB, answers match "
                        f"(max |dp| {diff:.1e})", err=True)
 
