@@ -245,7 +245,8 @@ def make_servers(systems: list[str], model_dir: Path, variants: dict[str, dict[s
     ds_names = [s for s in systems if s == "dermserve"] + [f"dermserve[{v}]" for v in variants]
     for name in ds_names:
         port = free_port()
-        env = dict(base_env, DERMSERVE_HOST="127.0.0.1", DERMSERVE_PORT=str(port), DERMSERVE_MODEL_DIR=str(model_dir))
+        env = dict(base_env, DERMSERVE_HOST="127.0.0.1", DERMSERVE_PORT=str(port), DERMSERVE_MODEL_DIR=str(model_dir),
+                   DERMSERVE_JOBS_DIR=str(log_dir / f"jobs-{name}"))  # own job store per server, not the repo's
         if name != "dermserve":
             env.update(variants[name[len("dermserve["):-1]])
         servers.append(Server(name, "dermserve", [sys.executable, "-m", "service"], env, port, "/health/ready",
