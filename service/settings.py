@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         "the latency of a lone request; on a shared host set intra_op_threads + decode_threads ~ cores",
     )
     inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads")
+    ort_allow_spinning: bool = Field(
+        True, description="let idle onnxruntime intra-op threads busy-wait for the next call (onnxruntime's "
+        "default); false = they sleep, leaving the CPU to decoding and HTTP between batches"
+    )
     decode_threads: int = Field(
         default_factory=available_cpus, ge=1,
         description="threads decoding and resizing images (default: the CPUs this process may use)",
