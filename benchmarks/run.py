@@ -333,7 +333,7 @@ def run_wrk(url: str, body_dir: Path, connections: int, duration_s: float, delay
     stop = threading.Event()
 
     def sample() -> None:
-        while not stop.wait(0.25):
+        while not stop.wait(0.5):
             peak[0] = max(peak[0], tree_rss_mb(monitor_pid))
 
     th = threading.Thread(target=sample, daemon=True) if monitor_pid else None
