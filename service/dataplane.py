@@ -25,9 +25,11 @@ import asyncio
 import base64
 import binascii
 import logging
+import contextlib
 import math
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +52,7 @@ from schemas.api import (
     ResponseOutput,
 )
 from schemas.manifest import Manifest
-from service.batching import DynamicBatcher
+from service.batching import DeadlineExceeded, DynamicBatcher, QueueFullError
 from service.preprocessing import ImageDecodeError, PreprocessSpec, preprocess_bytes
 
 log = logging.getLogger(__name__)
@@ -200,6 +202,65 @@ class DataPlane:
         )
         self.referral_source = "settings" if overridden else "manifest"
         self.model_ref = ModelRef(name=manifest.name, version=manifest.version)
+        self._reserved = 0  # images admitted (see admit) and still being decoded, not yet in the queue
+
+    # ------------------------------------------------------------------ admission and deadline
+    @contextlib.contextmanager
+    def admit(self, n: int) -> Iterator[None]:
+        """Reserve room for ``n`` images in the batcher's bounded queue *before* decoding them.
+
+        Decoding costs far more than inference for this model, so checking the queue only at
+        ``submit`` (after decoding) lets an overload pile up unbounded decode work and refuses
+        excess late. Here the images being decoded count against ``max_queue_images`` (and
+        ``max_queue_bytes``, at their decoded size) together with the queued ones, so excess is
+        refused at once, before any decoding. The reservation ends when the block exits; callers
+        hand the arrays to ``submit`` right after, without an ``await`` in between.
+
+        Raises:
+            QueueFullError: no room now (-> 503 with Retry-After), nothing reserved.
+        """
+        self.refuse_if_full(n)
+        self._reserved += n
+        try:
+            yield
+        finally:
+            self._reserved -= n
+
+    def refuse_if_full(self, n: int = 1) -> None:
+        """Raise :class:`QueueFullError` (counted as refused) unless ``n`` more images fit now.
+
+        Routes call it with ``n=1`` before reading a request body: when the queue is already full,
+        the refusal then costs no body parsing at all. The count is checked again by :meth:`admit`.
+        """
+        b = self.batcher
+        waiting = b.queue_depth + self._reserved + n
+        item_bytes = self.spec.height * self.spec.width * 3
+        if waiting > b.max_queue_images or (b.max_queue_bytes is not None and waiting * item_bytes > b.max_queue_bytes):
+            b.stats.refused_images += n
+            b.observer.refused(n, "queue_full")
+            raise QueueFullError(
+                f"the inference queue is full ({b.queue_depth} images waiting and {self._reserved} being decoded, "
+                f"at most {b.max_queue_images}; this request has {n if n > 1 else 'at least 1'}); retry later",
+                retry_after_s=b._retry_after_estimate(n),  # noqa: SLF001 - same estimate as the batcher's refusals
+            )
+
+    async def within(self, deadline: float, work: Awaitable[Any]) -> Any:
+        """Await ``work`` until ``deadline`` (``time.monotonic()``), else :class:`DeadlineExceeded`."""
+        try:
+            return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the request was not decoded within its deadline ({self.batcher.request_timeout_s * 1000:.0f} ms)"
+            ) from None
+
+    async def _infer(self, arrays: list[np.ndarray], deadline: float) -> np.ndarray:
+        """Submit decoded arrays with what is left of the request deadline."""
+        remaining_ms = (deadline - time.monotonic()) * 1000.0
+        if remaining_ms <= 0:
+            raise DeadlineExceeded(
+                f"the request deadline ({self.batcher.request_timeout_s * 1000:.0f} ms) passed while decoding"
+            )
+        return await self.batcher.submit(arrays, timeout_ms=remaining_ms)
 
     # ------------------------------------------------------------------ /predict
     def check_count(self, n: int) -> None:
@@ -223,11 +284,16 @@ class DataPlane:
         Raises:
             NoImagesError, TooManyImagesError: image count out of range.
             InvalidInputError: any image undecodable (``detail`` lists each: index, id, reason).
-            QueueFullError, DeadlineExceeded, InferenceError, BatcherClosed: from the batcher.
+            QueueFullError: no room in the queue, checked before decoding (see :meth:`admit`).
+            DeadlineExceeded: ``request_timeout_ms`` (counted from here, decoding included) passed
+                before every image was started.
+            InferenceError, BatcherClosed: from the batcher.
         """
         self.check_count(len(images))
-        arrays = await self.decode_all(images)
-        probs = await self.batcher.submit(arrays)
+        deadline = time.monotonic() + self.batcher.request_timeout_s
+        with self.admit(len(images)):
+            arrays = await self.within(deadline, self.decode_all(images))
+        probs = await self._infer(arrays, deadline)
         return PredictResponse(
             model=self.model_ref,
             predictions=[self.shape_prediction(i, img.id, probs[i]) for i, img in enumerate(images)],
@@ -364,7 +430,9 @@ class DataPlane:
         encoded, pixel_rows = await loop.run_in_executor(self.decode_executor, self._collect_inputs, request, binary)
         n_total = len(encoded) + len(pixel_rows)
         self.check_count(n_total)
-        decoded = await self.decode_all(encoded) if encoded else []
+        deadline = time.monotonic() + self.batcher.request_timeout_s
+        with self.admit(n_total):
+            decoded = await self.within(deadline, self.decode_all(encoded)) if encoded else []
         arrays: list[np.ndarray] = [None] * n_total  # type: ignore[list-item]
         pixel_positions = {pos for pos, _ in pixel_rows}
         for pos, row in pixel_rows:
@@ -373,7 +441,7 @@ class DataPlane:
         for pos in range(n_total):
             if pos not in pixel_positions:
                 arrays[pos] = next(it)
-        probs = await self.batcher.submit(arrays)
+        probs = await self._infer(arrays, deadline)
         probs = np.ascontiguousarray(probs, dtype="<f4")
         out = ResponseOutput(name=OIP_OUTPUT, shape=list(probs.shape), datatype="FP32",
                              parameters={"classes": ",".join(self.codes)})

@@ -114,15 +114,16 @@ async def predict(request: Request, dp: DataPlane = Depends(get_dataplane),
                   state: AppState = Depends(get_state)) -> PredictResponse | Response:
     """Dispatch on Content-Type, hand the images to the dataplane, return its answer."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media == "application/json":
-        images = await _images_from_json(request)
-    elif media == "multipart/form-data":
-        images = await _images_from_multipart(request, dp.max_images_per_request, state.settings.max_upload_bytes)
-    else:
+    if media not in ("application/json", "multipart/form-data"):
         raise UnsupportedMediaTypeError(
             f"Content-Type {media or '(none)'!r} is not supported; use multipart/form-data (file parts named "
             "'images') or application/json"
         )
+    dp.refuse_if_full()  # overload: when the queue is already full, 503 before spending CPU on the body
+    if media == "application/json":
+        images = await _images_from_json(request)
+    else:
+        images = await _images_from_multipart(request, dp.max_images_per_request, state.settings.max_upload_bytes)
     try:
         return await cancel_on_disconnect(request, dp.predict(images))
     except ClientDisconnected:
