@@ -22,8 +22,12 @@ if [ -x /usr/bin/chromium ] && /usr/bin/chromium --version >/dev/null 2>&1; then
 else
     set -- "$@" chromium
 fi
-if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-    echo "install-system-deps: postgresql present: $(ls -d /usr/lib/postgresql/*/ 2>/dev/null | tr '\n' ' ')"
+PG_INITDB=""
+for f in /usr/lib/postgresql/*/bin/initdb; do
+    if [ -x "$f" ]; then PG_INITDB="$f"; fi
+done
+if [ -n "$PG_INITDB" ]; then
+    echo "install-system-deps: postgresql present: $PG_INITDB"
 else
     set -- "$@" postgresql
 fi
