@@ -134,15 +134,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.critical("refusing to start: the job store cannot be opened: %r", exc,
                          extra={"event": "job_store_failed"})
             raise
+        # job images decode in their own single thread: never queued ahead of /predict images
+        job_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="dermserve-job-decode")
         runner = JobRunner(
             store, state.dataplane, batcher, chunk_images=settings.job_chunk_images,
             max_inflight=settings.job_max_inflight_chunks, lease_s=settings.job_lease_s,
             poll_interval_s=settings.job_poll_interval_s, sweep_interval_s=settings.job_sweep_interval_s,
             retention_s=settings.job_retention_s,
             on_stats=lambda s: state.metrics.job_stats(s.by_status, s.oldest_queued_age_s),
+            decode_executor=job_decode_pool,
         )
         await runner.start()
-        state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job)
+        state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job, job_decode_pool)
         log.info("job store %s open, worker %s", store.engine.url.render_as_string(hide_password=True),
                  runner.worker_id, extra={"event": "jobs_ready"})
         state.metrics.model_info.labels(name=m.name, version=m.version, provider=runtime.provider).set(1)
@@ -158,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runner.stop(timeout_s=min(2.0, remaining))  # unfinished chunks: claims released
             await batcher.close(timeout_s=state.shutdown_remaining_s())
             decode_pool.shutdown(wait=False, cancel_futures=True)
+            job_decode_pool.shutdown(wait=False, cancel_futures=True)
             await asyncio.to_thread(store.close)
             log.info("stopped", extra={"event": "stopped"})
 

@@ -299,8 +299,11 @@ class DataPlane:
             predictions=[self.shape_prediction(i, img.id, probs[i]) for i, img in enumerate(images)],
         )
 
-    async def decode_all(self, images: Sequence[EncodedImage]) -> list[np.ndarray]:
+    async def decode_all(self, images: Sequence[EncodedImage], executor: Executor | None = None) -> list[np.ndarray]:
         """Decode + resize every image in the thread pool (all of them, to report every error).
+
+        ``executor`` overrides the decode pool (asynchronous jobs use their own, so that a big job
+        never queues ahead of interactive requests in the shared pool).
 
         Returns:
             N uint8 arrays of shape ``(spec.height, spec.width, 3)``.
@@ -310,7 +313,7 @@ class DataPlane:
         """
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
-            *(loop.run_in_executor(self.decode_executor, self._decode_one, img) for img in images)
+            *(loop.run_in_executor(executor or self.decode_executor, self._decode_one, img) for img in images)
         )
         errors = [
             ImageError(index=i, id=img.id, reason=r[0], message=r[1]).model_dump()

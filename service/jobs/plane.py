@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 
 from schemas.api import DISCLAIMER, JobAccepted, JobStatus, ModelRef, Prediction
@@ -34,10 +35,13 @@ class JobPlane:
         dataplane: for the up-front decode check (same per-image 422 errors as ``/predict``).
         runner: woken when a job is stored.
         max_images_per_job: more images -> :class:`TooManyImagesError` (413).
+        decode_executor: thread pool for the decode check (default: the dataplane's pool).
     """
 
-    def __init__(self, store: JobStore, dataplane: DataPlane, runner: JobRunner, max_images_per_job: int) -> None:
+    def __init__(self, store: JobStore, dataplane: DataPlane, runner: JobRunner, max_images_per_job: int,
+                 decode_executor: Executor | None = None) -> None:
         self.store = store
+        self.decode_executor = decode_executor
         self.dataplane = dataplane
         self.runner = runner
         self.max_images_per_job = max_images_per_job
@@ -66,7 +70,7 @@ class JobPlane:
             InvalidInputError: some image does not decode (``detail`` names each by index and id).
         """
         self.check_count(len(images))
-        await self.dataplane.decode_all(images)  # decode once to check; the arrays are dropped
+        await self.dataplane.decode_all(images, self.decode_executor)  # decode once to check; arrays dropped
         raw = [(img.id, img.data if img.data is not None else decode_base64(img.b64 or "")) for img in images]
         job_id = uuid.uuid4().hex
         await asyncio.to_thread(self.store.create, job_id, owner, reference, raw)

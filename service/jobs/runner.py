@@ -24,6 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 from service.batching import BACKGROUND, BatcherClosed, DeadlineExceeded, DynamicBatcher, InferenceError, QueueFullError
 from service.dataplane import DataPlane, EncodedImage, InvalidInputError
@@ -51,13 +52,18 @@ class JobRunner:
         sweep_interval_s: seconds between retention sweeps.
         retention_s: finished jobs older than this (seconds since finishing) are deleted.
         on_stats: called with :class:`StoreStats` after each refresh (metrics), on the event loop.
+        worker_id: this worker's id (default :func:`new_worker_id`).
+        decode_executor: thread pool decoding job images (default: the dataplane's pool); a separate
+            pool keeps job decoding from queueing ahead of ``/predict`` images.
     """
 
     def __init__(self, store: JobStore, dataplane: DataPlane, batcher: DynamicBatcher, *, chunk_images: int = 8,
                  max_inflight: int = 2, lease_s: float = 60.0, poll_interval_s: float = 1.0,
                  sweep_interval_s: float = 60.0, retention_s: float = 7 * 24 * 3600.0,
-                 on_stats: Callable[[StoreStats], None] | None = None, worker_id: str | None = None) -> None:
+                 on_stats: Callable[[StoreStats], None] | None = None, worker_id: str | None = None,
+                 decode_executor: Executor | None = None) -> None:
         self.store = store
+        self.decode_executor = decode_executor
         self.dataplane = dataplane
         self.batcher = batcher
         self.chunk_images = chunk_images
@@ -158,7 +164,8 @@ class JobRunner:
         dp = self.dataplane
         keys = [(i.job_id, i.idx) for i in items]
         try:
-            arrays = await dp.decode_all([EncodedImage(data=i.data, id=i.image_id) for i in items])
+            arrays = await dp.decode_all([EncodedImage(data=i.data, id=i.image_id) for i in items],
+                                         self.decode_executor)
             probs = await self.batcher.submit(arrays, timeout_ms=self.lease_s * 1000.0, priority=BACKGROUND)
         except InvalidInputError as exc:
             bad = {items[d["index"]].job_id for d in exc.detail or []}
