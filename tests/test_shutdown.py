@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 import pytest
-from test_api import multipart, reference_probs
+from test_api import b64, multipart, reference_probs
 
 GRACE_S = 8.0
 #: exit must follow the end of the budget within this (flush <= 1 s, lifespan, interpreter exit)
@@ -62,6 +62,8 @@ def test_sigterm_under_load_answers_accepted_work_and_exits_0(server_factory, ru
     ref = reference_probs(runtime, paths)
     codes = runtime.class_codes
     files = {k: multipart(paths[:k]) for k in (1, 2, 4, 8)}
+    payload = json.dumps({"images": [{"data": b64(paths[0].read_bytes())}]}).encode()
+    slow: list[httpx.Response] = []
     outcomes: list[Outcome] = []
     ready_log: list[tuple[float, int | None]] = []
     t_signal: list[float] = []
@@ -98,16 +100,29 @@ def test_sigterm_under_load_answers_accepted_work_and_exits_0(server_factory, ru
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30.0, limits=limits) as c:
             tasks = [asyncio.create_task(worker(c, w, stop)) for w in range(6)]
             probe = asyncio.create_task(readiness(stop))
+            signalled = asyncio.Event()
+
+            async def trickle():  # an accepted request whose body is still arriving 1 s after SIGTERM
+                yield payload[:100]
+                await signalled.wait()
+                await asyncio.sleep(1.0)
+                yield payload[100:]
+
+            slow_task = asyncio.create_task(
+                c.post("/predict", content=trickle(), headers={"content-type": "application/json"}))
             while sum(o.status == 200 for o in outcomes) < 12:  # load is flowing
                 await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # the slow request's headers have passed the readiness gate
             t_signal.append(time.monotonic())
             server.proc.send_signal(signal.SIGTERM)
+            signalled.set()
             while server.proc.poll() is None and time.monotonic() - t_signal[0] < GRACE_S + EXIT_MARGIN_S:
                 await asyncio.sleep(0.02)
             t_exit.append(time.monotonic())
             await asyncio.sleep(0.3)  # a few requests against the closed port
             stop.set()
             await asyncio.gather(*tasks, probe)
+            slow.append(await slow_task)
 
     asyncio.run(body())
     code = _wait_exit(server.proc, 1.0)
@@ -132,6 +147,9 @@ def test_sigterm_under_load_answers_accepted_work_and_exits_0(server_factory, ru
             assert o.status != 200, o
         if o.status is None:  # a connection error only once the listener has been closed
             assert o.sent > ts
+    # the accepted request still uploading its body after SIGTERM was answered, correctly
+    np.testing.assert_allclose(
+        np.array([[slow[0].json()["predictions"][0]["probabilities"][c] for c in codes]]), ref[[0]], atol=1e-4)
     in_flight_answered = [o for o in outcomes if o.sent < ts < o.done and o.status == 200]
     assert in_flight_answered, "no request was in flight at SIGTERM; the test did not exercise the drain"
     refused_503 = [o for o in outcomes if o.sent > ts and o.status == 503]
