@@ -44,6 +44,9 @@ class TrainConfig(BaseModel):
         True, description="keep the backbone's BatchNorm layers in inference mode while fine-tuning "
         "(Keras transfer-learning guide; MobileNetV2's BN momentum 0.999 otherwise leaves stale moving "
         "statistics for many epochs -- measured: val balanced accuracy fell from 0.52 to 0.23 after one epoch)")
+    batchnorm_momentum: float = Field(
+        0.9, description="momentum of the backbone's BatchNorm moving statistics when they are trained "
+        "(freeze_batchnorm=False); Keras' MobileNetV2 uses 0.999, too slow for ~200 steps per epoch")
     label_smoothing: float = 0.0
     imbalance: Literal["class_weight", "sqrt_class_weight", "none"] = Field(
         "class_weight", description="class-imbalance handling in the loss"

@@ -133,10 +133,12 @@ def run(cfg: TrainConfig) -> dict:
                   class_weight=cw, callbacks=[cb], verbose=0)
     if backbone is not None:
         backbone.trainable = True
-        if cfg.freeze_batchnorm:
-            for layer in backbone.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                if cfg.freeze_batchnorm:
                     layer.trainable = False
+                else:
+                    layer.momentum = cfg.batchnorm_momentum
     steps = max(1, int(np.ceil(len(splits["train"].labels) / cfg.batch_size)))
     total = steps * max(cfg.finetune_epochs, 1)
     warmup = int(cfg.warmup_epochs * steps)
