@@ -65,7 +65,7 @@ def test_sigterm_under_load_answers_accepted_work_and_exits_0(server_factory, ru
     payload = json.dumps({"images": [{"data": b64(paths[0].read_bytes())}]}).encode()
     slow: list[httpx.Response] = []
     outcomes: list[Outcome] = []
-    ready_log: list[tuple[float, int | None]] = []
+    ready_log: list[tuple[float, float, int | None]] = []  # (sent, answered, status)
     t_signal: list[float] = []
     t_exit: list[float] = []
 
@@ -87,12 +87,12 @@ def test_sigterm_under_load_answers_accepted_work_and_exits_0(server_factory, ru
     async def readiness(stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10.0) as c:
             while not stop.is_set():
-                sent = time.monotonic()  # classify by send time: an answer may arrive late on a busy machine
+                sent = time.monotonic()
                 try:
                     status: int | None = (await c.get("/health/ready")).status_code
                 except httpx.TransportError:
                     status = None
-                ready_log.append((sent, status))
+                ready_log.append((sent, time.monotonic(), status))
                 await asyncio.sleep(0.01)
 
     async def body() -> None:
@@ -157,8 +157,9 @@ def test_sigterm_under_load_answers_accepted_work_and_exits_0(server_factory, ru
     assert refused_503, "no request reached the draining server; expected fast 503s"
     assert all(o.body["error"] == "the service is shutting down" for o in refused_503)
 
-    before = [s for t, s in ready_log if t < ts]
-    after = [s for t, s in ready_log if t > ts + 0.01]
+    # probes straddling the signal may go either way (when the server read them is unknown)
+    before = [s for sent, done, s in ready_log if done < ts]
+    after = [s for sent, done, s in ready_log if sent > ts + 0.05]  # the signal handler runs soon, not at once
     assert before and set(before) == {200}
     assert 503 in after and 200 not in after, after
     assert after.index(503) < (after.index(None) if None in after else len(after))
