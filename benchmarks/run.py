@@ -175,6 +175,7 @@ class Server:
     infer_path: str
     body_format: str  # multipart | oip
     log_path: Path
+    cwd: Path = REPO_ROOT
     proc: subprocess.Popen | None = None
     cold_start_s: float | None = None
     rss_rest_mb: float | None = None
@@ -187,7 +188,7 @@ class Server:
     def start(self, timeout: float = 120.0) -> None:
         fh = open(self.log_path, "wb")
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO_ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         fh.close()
         deadline = t0 + timeout
@@ -238,7 +239,8 @@ def ensure_mlserver_venv(venv: Path = MLSERVER_VENV) -> Path:
 
 
 def make_servers(systems: list[str], model_dir: Path, variants: dict[str, dict[str, str]], log_dir: Path,
-                 mlserver_batch_time_ms: float, mlserver_batch_size: int) -> list[Server]:
+                 mlserver_batch_time_ms: float, mlserver_batch_size: int,
+                 checkouts: dict[str, Path] | None = None) -> list[Server]:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("DERMSERVE_", "MLSERVER_"))}
     base_env["PYTHONUNBUFFERED"] = "1"
     servers: list[Server] = []
@@ -251,6 +253,13 @@ def make_servers(systems: list[str], model_dir: Path, variants: dict[str, dict[s
             env.update(variants[name[len("dermserve["):-1]])
         servers.append(Server(name, "dermserve", [sys.executable, "-m", "service"], env, port, "/health/ready",
                               "/predict", "multipart", log_dir / f"{name}.log"))
+    for name, path in (checkouts or {}).items():  # dermserve from another checkout (e.g. before a change)
+        port = free_port()
+        env = dict(base_env, DERMSERVE_HOST="127.0.0.1", DERMSERVE_PORT=str(port), DERMSERVE_MODEL_DIR=str(model_dir),
+                   DERMSERVE_JOBS_DIR=str(log_dir / f"jobs-at-{name}"))
+        servers.append(Server(f"dermserve@{name}", "dermserve", [sys.executable, "-m", "service"], env, port,
+                              "/health/ready", "/predict", "multipart", log_dir / f"dermserve@{name}.log",
+                              cwd=path.resolve()))
     if "naive" in systems:
         port = free_port()
         servers.append(Server("naive", "naive", [sys.executable, "-m", "benchmarks.naive_server", "--model-dir",
@@ -374,6 +383,7 @@ class LimitConfig:
     batch: int
     intra_op_threads: int
     decode_threads: int
+    ort_spinning: bool = True
 
 
 class Limit:
@@ -381,20 +391,21 @@ class Limit:
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = model_dir
-        self._runtimes: dict[int, object] = {}
+        self._runtimes: dict[tuple[int, bool], object] = {}
 
-    def runtime(self, intra: int):
+    def runtime(self, intra: int, spinning: bool = True):
         from service.runtime import ModelRuntime
 
-        if intra not in self._runtimes:
-            self._runtimes[intra] = ModelRuntime(self.model_dir, ["CPUExecutionProvider"], intra_op_threads=intra)
-        return self._runtimes[intra]
+        if (intra, spinning) not in self._runtimes:
+            self._runtimes[(intra, spinning)] = ModelRuntime(self.model_dir, ["CPUExecutionProvider"],
+                                                             intra_op_threads=intra, allow_spinning=spinning)
+        return self._runtimes[(intra, spinning)]
 
     def measure(self, images: list[tuple[str, bytes]], cfg: LimitConfig, seconds: float) -> float:
         """Images/s over ``seconds``: decode of batch i+1 (thread pool) overlaps inference of batch i."""
         from service.preprocessing import preprocess_bytes
 
-        rt = self.runtime(cfg.intra_op_threads)
+        rt = self.runtime(cfg.intra_op_threads, cfg.ort_spinning)
         rt.warm_up((cfg.batch,))
         spec = rt.spec
         datas = [d for _, d in images]
@@ -637,6 +648,9 @@ def main(
         "1:1,1:2,2:1,2:2",
     variant: Annotated[list[str], typer.Option(help="extra dermserve system NAME:KEY=VAL[,KEY=VAL] "
                                                     "(DERMSERVE_ prefix optional); repeatable")] = [],  # noqa: B006
+    checkout: Annotated[list[str], typer.Option(help="extra dermserve system NAME=PATH run from another checkout "
+                                                     "of this repo at default settings (e.g. a git worktree of "
+                                                     "the commit before a change); repeatable")] = [],  # noqa: B006
     mlserver_batch_time_ms: Annotated[float, typer.Option(help="MLServer max_batch_time (ms)")] = 10.0,
     mlserver_batch_size: Annotated[int, typer.Option(help="MLServer max_batch_size")] = 32,
     model_dir: Annotated[Path, typer.Option(help="model directory")] = REPO_ROOT / "models" / "default",
@@ -660,7 +674,7 @@ def main(
             env[k if k.startswith("DERMSERVE_") else f"DERMSERVE_{k}"] = val.strip()
         variants[name] = env
     http_systems = [s for s in sys_list if s != "limit"] or []
-    if (http_systems or variants) and not shutil.which("wrk"):
+    if (http_systems or variants or checkout) and not shutil.which("wrk"):
         raise typer.BadParameter("wrk not found: apt-get install -y --no-install-recommends wrk (see benchmarks/README.md)")
     sc_list = [s.strip() for s in scenarios.split(",") if s.strip()]
     model_dir = model_dir.resolve()
@@ -688,7 +702,9 @@ def main(
     limit: dict = {}
     try:
         # start servers one at a time (cold start measured with nothing else running), check answers
-        servers = make_servers(http_systems, model_dir, variants, work, mlserver_batch_time_ms, mlserver_batch_size)
+        checkouts = {c.partition("=")[0]: Path(c.partition("=")[2]) for c in checkout}
+        servers = make_servers(http_systems, model_dir, variants, work, mlserver_batch_time_ms, mlserver_batch_size,
+                               checkouts)
         for s in servers:
             typer.echo(f"starting {s.name} ...", err=True)
             s.start()
@@ -716,13 +732,15 @@ def main(
                 grid = []
                 for pair in limit_threads.split(","):
                     intra, dec = (int(x) for x in pair.split(":"))
-                    for b in _ints(limit_batches):
-                        cfg = LimitConfig(b, intra, dec)
-                        ips = lim_obj.measure(imgs, cfg, max(0.3, limit_seconds / 2))
-                        grid.append({**asdict(cfg), "images_per_s": ips})
-                        typer.echo(f"[{sc}] limit {cfg}: {ips:.1f} images/s", err=True)
+                    for spin in ((True, False) if intra > 1 else (True,)):  # spinning only matters with a pool
+                        for b in _ints(limit_batches):
+                            cfg = LimitConfig(b, intra, dec, spin)
+                            ips = lim_obj.measure(imgs, cfg, max(0.3, limit_seconds / 2))
+                            grid.append({**asdict(cfg), "images_per_s": ips})
+                            typer.echo(f"[{sc}] limit {cfg}: {ips:.1f} images/s", err=True)
                 best_row = max(grid, key=lambda r: r["images_per_s"])
-                best = LimitConfig(best_row["batch"], best_row["intra_op_threads"], best_row["decode_threads"])
+                best = LimitConfig(best_row["batch"], best_row["intra_op_threads"], best_row["decode_threads"],
+                                   best_row["ort_spinning"])
                 limit[sc] = {"config": asdict(best), "grid": grid, "samples": []}
 
             lv = _ints(levels)
@@ -779,7 +797,8 @@ def main(
         "settings": {"duration_s": duration, "warmup_s": warmup, "images": len(base_images),
                      "clinical_images": clinical_count if "clinical" in sc_list else 0,
                      "multi_images": multi_images, "mlserver_max_batch_time_ms": mlserver_batch_time_ms,
-                     "mlserver_max_batch_size": mlserver_batch_size, "variants": variants},
+                     "mlserver_max_batch_size": mlserver_batch_size, "variants": variants,
+                     "checkouts": {c.partition("=")[0]: c.partition("=")[2] for c in checkout}},
         "servers": server_info,
         "limit": limit,
         "points": [asdict(p) for p in points],

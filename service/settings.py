@@ -69,8 +69,9 @@ class Settings(BaseSettings):
     )
     inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads")
     ort_allow_spinning: bool = Field(
-        True, description="let idle onnxruntime intra-op threads busy-wait for the next call (onnxruntime's "
-        "default); false = they sleep, leaving the CPU to decoding and HTTP between batches"
+        False, description="let idle onnxruntime intra-op threads busy-wait for the next call (onnxruntime's "
+        "own default); false (ours) = they sleep, leaving the CPU to decoding and HTTP between batches: "
+        "measured 1.4-2.2x the throughput under load on 2 cores (benchmarks/RESULTS.md)"
     )
     decode_threads: int = Field(
         default_factory=available_cpus, ge=1,

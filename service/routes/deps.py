@@ -21,8 +21,12 @@ _bearer = HTTPBearer(auto_error=False, description="API key as a bearer token (w
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (when `api_keys` is set)")
 
 
-def get_state(request: Request) -> AppState:
-    """The :class:`AppState` of the app serving ``request``."""
+async def get_state(request: Request) -> AppState:
+    """The :class:`AppState` of the app serving ``request``.
+
+    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
+    hop (and a GIL hand-over under load) per request for one attribute lookup.
+    """
     return request.app.state.dermserve
 
 
