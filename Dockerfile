@@ -26,8 +26,9 @@ COPY service ./service
 COPY schemas ./schemas
 COPY trainer ./trainer
 COPY export ./export
-# '.[cpu]' = serving core + onnxruntime (CPU). The `train` extra (TensorFlow) is not installed.
-RUN pip install --no-cache-dir './[cpu]' \
+# '.[cpu,postgres]' = serving core + onnxruntime (CPU) + the PostgreSQL driver for a shared job
+# queue across replicas. The `train` extra (TensorFlow) is not installed.
+RUN pip install --no-cache-dir './[cpu,postgres]' \
     && pip uninstall --yes pip setuptools wheel \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is not None)"
 
@@ -46,6 +47,9 @@ RUN groupadd --system --gid 10001 dermserve \
 COPY --from=builder /opt/venv /opt/venv
 # The bundled model, read-only for the service user (owned by root).
 COPY models/default/model.onnx models/default/manifest.json /opt/dermserve/models/default/
+# The SQLite job store (asynchronous jobs) needs a writable directory owned by the service user;
+# mount a volume here so accepted jobs survive container replacement.
+RUN mkdir -p /var/lib/dermserve/jobs && chown 10001:10001 /var/lib/dermserve/jobs
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -53,6 +57,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     DERMSERVE_HOST=0.0.0.0 \
     DERMSERVE_PORT=8000 \
     DERMSERVE_MODEL_DIR=/opt/dermserve/models/default \
+    DERMSERVE_JOBS_DIR=/var/lib/dermserve/jobs \
     DERMSERVE_PROVIDERS='["CPUExecutionProvider"]'
 
 WORKDIR /opt/dermserve

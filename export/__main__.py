@@ -27,9 +27,8 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from export.convert import ExportError, export_run
 
-    cfg_resize = "bilinear"
     try:
-        m = export_run(run_dir, output, name, version, data_dir, parity_images, cfg_resize, force)
+        m = export_run(run_dir, output, name, version, data_dir, parity_images, force)
     except ExportError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         raise typer.Exit(1) from exc

@@ -25,13 +25,15 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+#: ONNX opset of the exported graph (tf2onnx 1.17 + onnxruntime 1.31 tested).
+OPSET = 17
 
 
 class ExportError(RuntimeError):
     """Conversion or the parity check failed; nothing was written."""
 
 
-def keras_to_onnx(keras_path: Path, onnx_path: Path, opset: int = 17) -> tuple[int, int]:
+def keras_to_onnx(keras_path: Path, onnx_path: Path, opset: int = OPSET) -> tuple[int, int]:
     """Convert ``keras_path`` to ``onnx_path`` with a uint8 input and a dynamic batch dimension.
 
     Returns:
@@ -64,7 +66,7 @@ def keras_to_onnx(keras_path: Path, onnx_path: Path, opset: int = 17) -> tuple[i
 
 
 def export_run(run_dir: Path, output_dir: Path, name: str, version_str: str, data_dir: Path,
-               parity_images: int = 300, resize_method: str = "bilinear", force: bool = False) -> Manifest:
+               parity_images: int = 300, force: bool = False) -> Manifest:
     """Export a trainer run directory into a served model directory.
 
     Args:
@@ -74,8 +76,8 @@ def export_run(run_dir: Path, output_dir: Path, name: str, version_str: str, dat
         name: model name in the manifest and the API.
         version_str: model version (e.g. ``1.0.0``).
         data_dir: dataset (``labels.csv`` + ``images/``) whose test split feeds the parity check.
-        parity_images: test images compared Keras vs ONNX (the check needs at least 300 for a release).
-        resize_method: the resize method the model was trained with.
+        parity_images: test images compared Keras vs ONNX (releases use >= 300, the default; smaller
+            values are for smoke tests and are recorded in the manifest's ``export.parity.images``).
         force: replace an existing ``output_dir``.
 
     Returns:
@@ -92,6 +94,7 @@ def export_run(run_dir: Path, output_dir: Path, name: str, version_str: str, dat
     metrics = json.loads((run_dir / "metrics.json").read_text())
     calibration = json.loads((run_dir / "calibration.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
+    resize_method = config.get("resize_method", "bilinear")  # what the trainer decoded with
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=output_dir.parent))
     try:
@@ -114,7 +117,7 @@ def export_run(run_dir: Path, output_dir: Path, name: str, version_str: str, dat
         manifest.export = {
             "tf2onnx": version("tf2onnx"), "tensorflow": version("tensorflow"), "keras": version("keras"),
             "onnxruntime": version("onnxruntime") if _installed("onnxruntime") else version("onnxruntime-gpu"),
-            "opset": 17, "parity": parity,
+            "opset": OPSET, "parity": parity,
         }
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         for f in json.loads((run_dir / "report_files.json").read_text()) if (run_dir / "report_files.json").exists() else []:

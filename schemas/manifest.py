@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: HAM10000 ``dx`` codes with their display names (Tschandl et al., Sci. Data 5, 180161, 2018).
 HAM10000_CLASSES: dict[str, str] = {
@@ -69,7 +69,7 @@ class Calibration(BaseModel):
 
 
 class Referral(BaseModel):
-    """Thresholds of the referral rule (see ``service.dataplane.referral_recommended``)."""
+    """Thresholds of the referral rule (see ``service.dataplane.referral_decision``)."""
 
     malignant_classes: list[str] = Field(default_factory=lambda: list(MALIGNANT_CLASSES))
     malignant_probability_threshold: float = Field(
@@ -99,6 +99,22 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="test-split metrics from the trainer")
     training: dict[str, Any] = Field(default_factory=dict, description="the trainer config the model ran with")
     export: dict[str, Any] = Field(default_factory=dict, description="exporter versions and parity-check results")
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> "Manifest":
+        """Class codes are unique and the referral's malignant classes are among them.
+
+        Raises:
+            ValueError: duplicate codes, or a malignant class that is not an output class (a typo
+                there would silently count as probability 0 and miss referrals).
+        """
+        codes = [c.code for c in self.classes]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"duplicate class codes in {codes}")
+        unknown = set(self.referral.malignant_classes) - set(codes)
+        if unknown:
+            raise ValueError(f"referral.malignant_classes {sorted(unknown)} are not output classes {codes}")
+        return self
 
     @property
     def class_codes(self) -> list[str]:

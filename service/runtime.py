@@ -126,6 +126,8 @@ class ModelRuntime:
             raise ModelLoadError(
                 f"graph has input {inp.name!r} / output {out.name!r}, manifest says {m.input.name!r} / {m.output.name!r}"
             )
+        if len(out.shape) != 2 or out.shape[1] != len(m.classes):
+            raise ModelLoadError(f"graph output shape {out.shape} does not match the manifest's {len(m.classes)} classes")
         if list(inp.shape[1:]) != [m.input.height, m.input.width, m.input.channels]:
             raise ModelLoadError(f"graph input shape {inp.shape} does not match the manifest's input size")
         self.input_dtype = np.uint8 if m.input.dtype == "uint8" else np.float32

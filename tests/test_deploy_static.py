@@ -163,7 +163,7 @@ def test_service_images_contract(name):
     assert any(k == "COPY" and "models/default/model.onnx" in a for k, a in final)
     runs = " ".join(a for k, a in ins if k == "RUN")
     extra = "gpu" if name.endswith("gpu") else "cpu"
-    assert f"'./[{extra}]'" in runs and "train" not in runs, runs
+    assert f"'./[{extra},postgres]'" in runs and "train" not in runs, runs
     providers = re.search(r"DERMSERVE_PROVIDERS='(\[.*?\])'", env)
     assert providers, env
     first = json.loads(providers.group(1))[0]

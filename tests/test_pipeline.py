@@ -18,7 +18,11 @@ import pytest
 
 from tests.conftest import REPO_ROOT, _repo_relative, require
 
-pytest.importorskip("tensorflow", reason="training extra not installed (pip install -e '.[train,cpu]')")
+def setup_module() -> None:
+    import importlib.util
+
+    require(importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("tf2onnx") is not None,
+            "training extra not installed (pip install -e '.[train,cpu]')")
 
 WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
 

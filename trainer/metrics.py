@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -17,6 +17,7 @@ from sklearn.metrics import (
 )
 
 from schemas.manifest import MALIGNANT_CLASSES
+from service.runtime import softmax_with_temperature
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
@@ -50,8 +51,9 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
 
 
 def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / temperature) along axis 1; float64 ``(N, K)``."""
-    return softmax(logits.astype(np.float64) / temperature, axis=1)
+    """softmax(logits / temperature) along axis 1, float32 ``(N, K)``: the service's own function
+    (:func:`service.runtime.softmax_with_temperature`), so reports and served answers agree."""
+    return softmax_with_temperature(logits, temperature)
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_codes: list[str]) -> dict:
