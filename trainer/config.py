@@ -8,10 +8,19 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+#: The repository root; relative defaults below are resolved against it, not the working directory.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _repo_path(value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
 #: Where the dataset lives unless told otherwise (``DERMSERVE_DATA_DIR`` overrides).
-DEFAULT_DATA_DIR = Path(os.environ.get("DERMSERVE_DATA_DIR", "../shared/data/ham10000"))
+DEFAULT_DATA_DIR = _repo_path(os.environ.get("DERMSERVE_DATA_DIR", "../shared/data/ham10000"))
 #: Where the verified ImageNet weights live unless told otherwise (``DERMSERVE_WEIGHTS_DIR``).
-DEFAULT_WEIGHTS_DIR = Path(os.environ.get("DERMSERVE_WEIGHTS_DIR", "../shared/weights"))
+DEFAULT_WEIGHTS_DIR = _repo_path(os.environ.get("DERMSERVE_WEIGHTS_DIR", "../shared/weights"))
 #: Keras Applications' MobileNetV2 alpha 0.5 no-top file (see ../shared/weights/README.md).
 MOBILENETV2_050_WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
 
