@@ -280,12 +280,12 @@ def make_servers(systems: list[str], model_dir: Path, variants: dict[str, dict[s
         port = free_port()
         env = dict(base_env, MLSERVER_HOST="127.0.0.1", MLSERVER_HTTP_PORT=str(port),
                    MLSERVER_GRPC_PORT=str(free_port()), MLSERVER_METRICS_PORT=str(free_port()),
-                   MLSERVER_DEBUG="false")
+                   MLSERVER_DEBUG="false", MLSERVER_METRICS_DIR=str(log_dir / "mlserver-metrics"))
         env.pop("VIRTUAL_ENV", None)
         env["PATH"] = f"{exe.parent}:{env.get('PATH', '')}"
         servers.append(Server("mlserver", "mlserver", [str(exe), "start", str(repo)], env, port,
                               "/v2/models/dermserve/ready", "/v2/models/dermserve/infer", "oip",
-                              log_dir / "mlserver.log"))
+                              log_dir / "mlserver.log", cwd=log_dir))  # its files stay out of the repo
     return servers
 
 
