@@ -48,6 +48,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -164,6 +165,10 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
+#: Arbitrary 64-bit key of the PostgreSQL advisory lock serialising table creation ("dermjobs").
+_SCHEMA_LOCK_KEY = 0x6465726D6A6F6273
+
+
 class JobStore:
     """The job tables behind one engine.
 
@@ -178,6 +183,13 @@ class JobStore:
         self.url = url
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if self.engine.dialect.name == "postgresql":
+            # Replicas starting together would race on CREATE TABLE (a unique violation in
+            # pg_type); a transaction-scoped advisory lock makes table creation one-at-a-time.
+            with self.engine.begin() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+                Base.metadata.create_all(conn)
+            return
         for attempt in range(3):  # two processes creating the tables at once: the loser retries
             try:
                 Base.metadata.create_all(self.engine)
