@@ -75,7 +75,7 @@ _OPENAPI_EXTRA = {
 }
 
 
-def get_jobs(state: AppState = Depends(get_state)) -> JobPlane:
+async def get_jobs(state: AppState = Depends(get_state)) -> JobPlane:
     """The job plane, or :class:`NotReadyError` (-> 503) before start-up completed."""
     if state.jobs is None:
         raise NotReadyError(state.not_ready_reason())

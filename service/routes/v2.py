@@ -109,6 +109,7 @@ async def v2_infer(name: str, request: Request, version: str | None = None,
     if media not in ("", "application/json", "application/octet-stream"):
         raise UnsupportedMediaTypeError(f"Content-Type {media!r} is not supported; use application/json "
                                         "(or application/octet-stream with Inference-Header-Content-Length)")
+    dp.refuse_if_full()  # overload: 503 before reading and parsing the body, as /predict does
     body = await request.body()
     header_len = request.headers.get(HEADER_LENGTH)
     binary = b""
