@@ -134,7 +134,12 @@ class JobRunner:
                 pass
 
     def _chunk_done(self, task: asyncio.Task) -> None:
-        self._inflight.pop(task, None)
+        claimed = self._inflight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            # e.g. the store failed while saving results: log it; the claims are released when
+            # their lease expires (another attempt then recomputes the chunk).
+            log.error("job chunk of %d images failed unexpectedly: %r", len(claimed or []), task.exception(),
+                      exc_info=task.exception(), extra={"event": "job_chunk_failed"})
         self._wakeup.set()
 
     async def _maintenance_loop(self) -> None:
