@@ -43,14 +43,14 @@ class TrainConfig(BaseModel):
     image_size: int = Field(160, description="model input height = width, pixels")
     resize_method: Literal["bilinear", "bicubic"] = "bilinear"
     batch_size: int = 32
-    head_epochs: int = Field(2, description="epochs training only the classifier head (backbone frozen)")
+    head_epochs: int = Field(1, description="epochs training only the classifier head (backbone frozen)")
     head_lr: float = 1e-3
     finetune_epochs: int = Field(10, description="epochs fine-tuning the whole network")
     finetune_lr: float = Field(3e-4, description="peak learning rate of the cosine schedule")
     warmup_epochs: float = 0.5
     dropout: float = 0.2
     freeze_batchnorm: bool = Field(
-        True, description="keep the backbone's BatchNorm layers in inference mode while fine-tuning "
+        False, description="keep the backbone's BatchNorm layers in inference mode while fine-tuning "
         "(Keras transfer-learning guide; MobileNetV2's BN momentum 0.999 otherwise leaves stale moving "
         "statistics for many epochs -- measured: val balanced accuracy fell from 0.52 to 0.23 after one epoch)")
     batchnorm_momentum: float = Field(
@@ -58,7 +58,7 @@ class TrainConfig(BaseModel):
         "(freeze_batchnorm=False); Keras' MobileNetV2 uses 0.999, too slow for ~200 steps per epoch")
     label_smoothing: float = 0.0
     imbalance: Literal["class_weight", "sqrt_class_weight", "none"] = Field(
-        "class_weight", description="class-imbalance handling in the loss"
+        "sqrt_class_weight", description="class-imbalance handling in the loss"
     )
     augment: bool = True
     early_stopping_patience: int = Field(4, description="epochs without val balanced-accuracy gain")
