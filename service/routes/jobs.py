@@ -3,19 +3,16 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from schemas.api import JobAccepted, JobCreateRequest, JobStatus
 from service.dataplane import DataPlane, EncodedImage, InvalidInputError
 from service.errors import NotReadyError, UnsupportedMediaTypeError, error_responses
 from service.jobs.plane import JobPlane
 from service.routes.deps import caller_key_hash, get_dataplane, get_state, require_api_key
-from service.routes.predict import _images_from_multipart
+from service.routes.predict import _images_from_multipart, _parse_json
 from service.state import AppState
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
@@ -83,11 +80,7 @@ async def get_jobs(state: AppState = Depends(get_state)) -> JobPlane:
 
 
 async def _json_body(request: Request) -> tuple[list[EncodedImage], str | None]:
-    body = await request.body()
-    try:
-        parsed = await asyncio.to_thread(JobCreateRequest.model_validate_json, body)  # big bodies: off the loop
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
+    parsed = await _parse_json(request, JobCreateRequest)
     return [EncodedImage(b64=img.data, id=img.id) for img in parsed.images], parsed.reference
 
 

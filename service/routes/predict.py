@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -70,12 +71,24 @@ _OPENAPI_EXTRA = {
 }
 
 
-async def _images_from_json(request: Request) -> list[EncodedImage]:
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+async def _parse_json(request: Request, model: type[BodyT]) -> BodyT:
+    """Validate a JSON body against ``model`` off the event loop (bodies can be tens of MB).
+
+    Raises:
+        RequestValidationError: the body is not valid JSON of that shape (-> 422 via the error table).
+    """
     body = await request.body()
     try:
-        parsed = await asyncio.to_thread(PredictRequest.model_validate_json, body)  # big bodies: off the loop
+        return await asyncio.to_thread(model.model_validate_json, body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
+
+
+async def _images_from_json(request: Request) -> list[EncodedImage]:
+    parsed = await _parse_json(request, PredictRequest)
     return [EncodedImage(b64=img.data, id=img.id) for img in parsed.images]
 
 
