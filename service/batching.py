@@ -25,6 +25,12 @@ Batch-closing policy (Triton-like, with an idle fast path that MLServer's adapti
   first; background images only take the slots left over, and no more than
   ``max_background_per_batch`` of them per batch. Background images never count against
   ``max_queue_images`` / ``max_queue_bytes``, so a big job cannot make ``/predict`` answer 503.
+- **idle-time scheduling of background work** -- while interactive traffic is *active* (an
+  interactive image is queued, or one arrived or was announced with :meth:`note_interactive`
+  within the last ``busy_window_ms``), a batch takes at most ``max_background_per_batch_busy``
+  background images (default 1). An interactive request arriving behind a job-only batch then
+  waits for a one-image model call (~3 ms here), not for a full job chunk; jobs still progress by
+  at least one image per batch under any load, and go back to full chunks once traffic pauses.
 
 The model runs in a single worker thread (one InferenceSession is never called concurrently), so
 the event loop stays free for HTTP while a batch is computed.
@@ -158,6 +164,10 @@ class DynamicBatcher:
             ``max_batch_size``); more -> :class:`QueueFullError` for the background caller.
         max_background_per_batch: background images per model call at most (default
             ``max_batch_size``); bounds how long one batch of job work can delay ``/predict``.
+        max_background_per_batch_busy: background images per model call at most while
+            interactive traffic is active (default 1, >= 1 so jobs never starve).
+        busy_window_ms: interactive traffic counts as active for this long (ms) after the last
+            interactive submit or :meth:`note_interactive` call (default 1000).
     """
 
     def __init__(
@@ -173,6 +183,8 @@ class DynamicBatcher:
         observer: BatcherObserver | None = None,
         max_background_images: int | None = None,
         max_background_per_batch: int | None = None,
+        max_background_per_batch_busy: int = 1,
+        busy_window_ms: float = 1000.0,
     ) -> None:
         if max_batch_size < 1 or max_queue_images < 1:
             raise ValueError("max_batch_size and max_queue_images must be >= 1")
@@ -193,6 +205,10 @@ class DynamicBatcher:
         # background priority (asynchronous jobs): its own bounded queue, never counted above
         self.max_background_images = max_background_images or max_batch_size
         self.max_background_per_batch = max(1, min(max_background_per_batch or max_batch_size, max_batch_size))
+        self.max_background_per_batch_busy = max(1, min(max_background_per_batch_busy,
+                                                         self.max_background_per_batch))
+        self.busy_window_s = max(0.0, busy_window_ms) / 1000.0
+        self._last_interactive = -math.inf  # time.monotonic() of the latest interactive activity
         self._bg_queue: collections.deque[_Item] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None  # set when nothing is queued or running
@@ -228,6 +244,20 @@ class DynamicBatcher:
     def background_depth(self) -> int:
         """Background-priority images waiting to be started (int)."""
         return len(self._bg_queue)
+
+    def note_interactive(self) -> None:
+        """Mark interactive traffic as active now (call when an interactive request starts, before
+        its images are decoded), so background work shrinks to its busy share at once."""
+        self._last_interactive = time.monotonic()
+
+    @property
+    def interactive_active(self) -> bool:
+        """True while interactive images wait or one arrived within ``busy_window_ms``."""
+        return bool(self._queue) or time.monotonic() - self._last_interactive < self.busy_window_s
+
+    def _background_share(self) -> int:
+        """Background images the next batch may take (busy share while interactive is active)."""
+        return self.max_background_per_batch_busy if self.interactive_active else self.max_background_per_batch
 
     async def drain(self, timeout_s: float | None = None) -> bool:
         """Stop accepting new work and wait until all accepted images have been answered.
@@ -324,6 +354,7 @@ class DynamicBatcher:
                 retry_after_s=self._retry_after_estimate(n),
             )
 
+        self._last_interactive = time.monotonic()
         return await self._enqueue_and_wait(arrays, nbytes, timeout_ms, self._queue)
 
     async def _enqueue_and_wait(self, arrays: list[np.ndarray], nbytes: int, timeout_ms: float | None,
@@ -418,7 +449,7 @@ class DynamicBatcher:
 
     def _fillable(self) -> int:
         """Images the next batch could hold now: interactive ones plus the background share."""
-        return len(self._queue) + min(len(self._bg_queue), self.max_background_per_batch)
+        return len(self._queue) + min(len(self._bg_queue), self._background_share())
 
     def _take_batch(self) -> list[_Item]:
         """Pop up to max_batch_size items, interactive first, dropping requests whose deadline has passed."""
@@ -437,7 +468,7 @@ class DynamicBatcher:
             self._queued_bytes -= item.array.nbytes
             item.req.unstarted -= 1
             batch.append(item)
-        bg_limit = min(self.max_batch_size, len(batch) + self.max_background_per_batch)
+        bg_limit = min(self.max_batch_size, len(batch) + self._background_share())
         while self._bg_queue and len(batch) < bg_limit:
             item = self._bg_queue[0]
             if item.req.future.done():

@@ -233,6 +233,7 @@ class DataPlane:
         the refusal then costs no body parsing at all. The count is checked again by :meth:`admit`.
         """
         b = self.batcher
+        b.note_interactive()  # an interactive request is starting: shrink job batches now
         waiting = b.queue_depth + self._reserved + n
         item_bytes = self.spec.height * self.spec.width * 3
         if waiting > b.max_queue_images or (b.max_queue_bytes is not None and waiting * item_bytes > b.max_queue_bytes):

@@ -140,6 +140,14 @@ class Settings(BaseSettings):
         2, ge=1, description="claimed chunks per replica in the batcher at once; bounds the share of the "
         "batcher that job work can hold (job_chunk_images * this images)"
     )
+    job_images_per_batch_when_busy: int = Field(
+        1, ge=1, description="job images one model call may carry while /predict traffic is active (see "
+        "interactive_busy_window_ms); small keeps a job from delaying interactive requests, >= 1 so jobs never starve"
+    )
+    interactive_busy_window_ms: float = Field(
+        1000.0, ge=0, description="/predict traffic counts as active for this long (ms) after its last request; "
+        "job batches use their full chunk size only when it has been quiet this long"
+    )
     job_lease_s: float = Field(
         60.0, gt=0, description="seconds a claim on a chunk lasts; a replica that dies holding it loses it after "
         "this long and another replica (or this one after a restart) computes the chunk"

@@ -21,7 +21,7 @@ def test_interactive_images_go_first_and_background_share_is_capped():
 
     async def body():
         b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=0, max_queue_images=16,
-                           max_background_images=16, max_background_per_batch=2)
+                           max_background_images=16, max_background_per_batch=2, max_background_per_batch_busy=2)
         b.start()
         first = asyncio.ensure_future(b.submit([img(1)]))
         await wait_started(model)  # the worker is busy with marker 1
@@ -42,6 +42,56 @@ def test_interactive_images_go_first_and_background_share_is_capped():
     np.testing.assert_array_equal(out_inter[:, 0], [10, 11, 12])
     np.testing.assert_array_equal(out_bg[:, 0], [100 + i for i in range(10)])
     assert sorted(model.ran()) == sorted([1, 10, 11, 12] + [100 + i for i in range(10)])
+
+
+def test_background_batches_shrink_while_interactive_traffic_is_active():
+    """Idle-time scheduling: background work alone uses its full share; after an interactive
+    request (or a note_interactive() announcement) batches carry at most the busy share, until
+    busy_window_ms of quiet has passed; then full chunks again."""
+    model = FakeModel(blocking=True)
+
+    async def body():
+        b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=0, max_background_images=32,
+                           max_background_per_batch=4, max_background_per_batch_busy=1, busy_window_ms=300)
+        b.start()
+        # 1) no interactive traffic yet: a background-only batch takes the full share (4)
+        first = asyncio.ensure_future(b.submit([img(100 + i) for i in range(6)], priority=BACKGROUND))
+        await wait_started(model)
+        assert not b.interactive_active
+        model.gate.set()
+        await first
+        assert model.batches[0] == [100, 101, 102, 103], model.batches
+        # 2) an interactive request makes traffic active: background batches hold 1 image each
+        model.gate.clear()
+        inter = asyncio.ensure_future(b.submit([img(1)]))
+        while len(model.batches) < 3:  # [100..103], [104, 105], then [1] (blocked on the gate)
+            await asyncio.sleep(0.005)
+        bg = asyncio.ensure_future(b.submit([img(200 + i) for i in range(3)], priority=BACKGROUND))
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(inter, bg)
+        n_before = len(model.batches)
+        # 3) an announcement alone (request still decoding) also counts
+        await asyncio.sleep(0.35)
+        assert not b.interactive_active
+        b.note_interactive()
+        assert b.interactive_active
+        out = await b.submit([img(150 + i) for i in range(3)], priority=BACKGROUND)
+        # 4) after the window of quiet: full share again
+        await asyncio.sleep(0.35)
+        out2 = await b.submit([img(160 + i) for i in range(4)], priority=BACKGROUND)
+        await b.close(5)
+        return n_before, out, out2
+
+    n_before, out, out2 = run(body())
+    batches = model.batches
+    later = batches[2:n_before]
+    assert [1] in later and all(len([m for m in bt if 200 <= m < 300]) <= 1 for bt in later), batches
+    assert all(len(bt) == 1 for bt in batches if bt and 150 <= bt[0] < 160), batches
+    assert len([bt for bt in batches if bt and 150 <= bt[0] < 160]) == 3, batches
+    assert batches[-1] == [160, 161, 162, 163], batches
+    np.testing.assert_array_equal(out[:, 0], [150, 151, 152])
+    np.testing.assert_array_equal(out2[:, 0], [160, 161, 162, 163])
 
 
 def test_background_work_does_not_fill_the_interactive_queue():
