@@ -144,10 +144,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             poll_interval_s=settings.job_poll_interval_s, sweep_interval_s=settings.job_sweep_interval_s,
             retention_s=settings.job_retention_s,
             on_stats=lambda s: state.metrics.job_stats(s.by_status, s.oldest_queued_age_s),
-            decode_executor=job_decode_pool,
+            decode_executor=job_decode_pool, yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0,
         )
         await runner.start()
-        state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job, job_decode_pool)
+        state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job, job_decode_pool,
+                              yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0)
         log.info("job store %s open, worker %s", store.engine.url.render_as_string(hide_password=True),
                  runner.worker_id, extra={"event": "jobs_ready"})
         state.metrics.model_info.labels(name=m.name, version=m.version, provider=runtime.provider).set(1)

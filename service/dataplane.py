@@ -203,6 +203,9 @@ class DataPlane:
         self.referral_source = "settings" if overridden else "manifest"
         self.model_ref = ModelRef(name=manifest.name, version=manifest.version)
         self._reserved = 0  # images admitted (see admit) and still being decoded, not yet in the queue
+        self._interactive = 0  # interactive requests (/predict, V2 infer) between decode start and answer
+        self._interactive_idle = asyncio.Event()
+        self._interactive_idle.set()
 
     # ------------------------------------------------------------------ admission and deadline
     @contextlib.contextmanager
@@ -244,6 +247,34 @@ class DataPlane:
                 f"at most {b.max_queue_images}; this request has {n if n > 1 else 'at least 1'}); retry later",
                 retry_after_s=b._retry_after_estimate(n),  # noqa: SLF001 - same estimate as the batcher's refusals
             )
+
+    @contextlib.contextmanager
+    def interactive(self) -> Iterator[None]:
+        """Count an interactive request (decode, queue, inference) while the block runs; background
+        work waits for the count to reach 0 (see :meth:`wait_interactive_idle`)."""
+        self._interactive += 1
+        self._interactive_idle.clear()
+        try:
+            yield
+        finally:
+            self._interactive -= 1
+            if self._interactive == 0:
+                self._interactive_idle.set()
+
+    async def wait_interactive_idle(self, max_wait_s: float) -> bool:
+        """Wait until no interactive request is being decoded or inferred, for ``max_wait_s`` seconds
+        at most (a bound, so background work still progresses under sustained load).
+
+        Returns:
+            True if idle, False if the wait timed out.
+        """
+        if self._interactive == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._interactive_idle.wait(), max_wait_s)
+            return True
+        except TimeoutError:
+            return False
 
     async def within(self, deadline: float, work: Awaitable[Any]) -> Any:
         """Await ``work`` until ``deadline`` (``time.monotonic()``), else :class:`DeadlineExceeded`."""
@@ -292,19 +323,25 @@ class DataPlane:
         """
         self.check_count(len(images))
         deadline = time.monotonic() + self.batcher.request_timeout_s
-        with self.admit(len(images)):
-            arrays = await self.within(deadline, self.decode_all(images))
-        probs = await self._infer(arrays, deadline)
+        with self.interactive():
+            with self.admit(len(images)):
+                arrays = await self.within(deadline, self.decode_all(images))
+            probs = await self._infer(arrays, deadline)
         return PredictResponse(
             model=self.model_ref,
             predictions=[self.shape_prediction(i, img.id, probs[i]) for i, img in enumerate(images)],
         )
 
-    async def decode_all(self, images: Sequence[EncodedImage], executor: Executor | None = None) -> list[np.ndarray]:
+    async def decode_all(self, images: Sequence[EncodedImage], executor: Executor | None = None, *,
+                         yield_to_interactive_s: float | None = None) -> list[np.ndarray]:
         """Decode + resize every image in the thread pool (all of them, to report every error).
 
         ``executor`` overrides the decode pool (asynchronous jobs use their own, so that a big job
         never queues ahead of interactive requests in the shared pool).
+
+        ``yield_to_interactive_s`` (background work): decode one image at a time, each only once no
+        interactive request is in flight (waiting at most that many seconds per image), so a job's
+        decoding runs in the gaps between ``/predict`` requests instead of competing for the cores.
 
         Returns:
             N uint8 arrays of shape ``(spec.height, spec.width, 3)``.
@@ -313,9 +350,14 @@ class DataPlane:
             InvalidInputError: at least one image failed; ``detail`` has one entry per failure.
         """
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(executor or self.decode_executor, self._decode_one, img) for img in images)
-        )
+        pool = executor or self.decode_executor
+        if yield_to_interactive_s is None:
+            results = await asyncio.gather(*(loop.run_in_executor(pool, self._decode_one, img) for img in images))
+        else:
+            results = []
+            for img in images:
+                await self.wait_interactive_idle(yield_to_interactive_s)
+                results.append(await loop.run_in_executor(pool, self._decode_one, img))
         errors = [
             ImageError(index=i, id=img.id, reason=r[0], message=r[1]).model_dump()
             for i, (img, r) in enumerate(zip(images, results))
@@ -435,7 +477,7 @@ class DataPlane:
         n_total = len(encoded) + len(pixel_rows)
         self.check_count(n_total)
         deadline = time.monotonic() + self.batcher.request_timeout_s
-        with self.admit(n_total):
+        with self.interactive(), self.admit(n_total):
             decoded = await self.within(deadline, self.decode_all(encoded)) if encoded else []
         arrays: list[np.ndarray] = [None] * n_total  # type: ignore[list-item]
         pixel_positions = {pos for pos, _ in pixel_rows}
@@ -445,7 +487,8 @@ class DataPlane:
         for pos in range(n_total):
             if pos not in pixel_positions:
                 arrays[pos] = next(it)
-        probs = await self._infer(arrays, deadline)
+        with self.interactive():
+            probs = await self._infer(arrays, deadline)
         probs = np.ascontiguousarray(probs, dtype="<f4")
         out = ResponseOutput(name=OIP_OUTPUT, shape=list(probs.shape), datatype="FP32",
                              parameters={"classes": ",".join(self.codes)})

@@ -148,6 +148,10 @@ class Settings(BaseSettings):
         1000.0, ge=0, description="/predict traffic counts as active for this long (ms) after its last request; "
         "job batches use their full chunk size only when it has been quiet this long"
     )
+    job_yield_max_wait_ms: float = Field(
+        50.0, gt=0, description="job images (the submit check and the run) are decoded one at a time, each once "
+        "no /predict request is in flight; under sustained /predict load each waits at most this long (ms)"
+    )
     job_lease_s: float = Field(
         60.0, gt=0, description="seconds a claim on a chunk lasts; a replica that dies holding it loses it after "
         "this long and another replica (or this one after a restart) computes the chunk"

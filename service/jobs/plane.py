@@ -36,11 +36,14 @@ class JobPlane:
         runner: woken when a job is stored.
         max_images_per_job: more images -> :class:`TooManyImagesError` (413).
         decode_executor: thread pool for the decode check (default: the dataplane's pool).
+        yield_to_interactive_s: the decode check runs one image at a time in the gaps between
+            ``/predict`` requests, waiting at most this long (seconds) per image (None = all at once).
     """
 
     def __init__(self, store: JobStore, dataplane: DataPlane, runner: JobRunner, max_images_per_job: int,
-                 decode_executor: Executor | None = None) -> None:
+                 decode_executor: Executor | None = None, yield_to_interactive_s: float | None = 0.05) -> None:
         self.store = store
+        self.yield_to_interactive_s = yield_to_interactive_s
         self.decode_executor = decode_executor
         self.dataplane = dataplane
         self.runner = runner
@@ -70,7 +73,8 @@ class JobPlane:
             InvalidInputError: some image does not decode (``detail`` names each by index and id).
         """
         self.check_count(len(images))
-        await self.dataplane.decode_all(images, self.decode_executor)  # decode once to check; arrays dropped
+        # decode once to check (arrays dropped), in the gaps between interactive requests
+        await self.dataplane.decode_all(images, self.decode_executor, yield_to_interactive_s=self.yield_to_interactive_s)
         raw = [(img.id, img.data if img.data is not None else decode_base64(img.b64 or "")) for img in images]
         job_id = uuid.uuid4().hex
         await asyncio.to_thread(self.store.create, job_id, owner, reference, raw)
@@ -83,7 +87,19 @@ class JobPlane:
         Raises:
             JobNotFoundError: unknown, expired, or another key's job.
         """
-        return self._status(await asyncio.to_thread(self.store.get, job_id, owner))
+        return await asyncio.to_thread(lambda: self._status(self.store.get(job_id, owner)))
+
+    async def get_json(self, job_id: str, owner: str | None) -> bytes:
+        """:meth:`get` serialised to JSON bytes (unset fields left out), all in a worker thread: a
+        1000-image result list costs tens of ms of CPU that must not block the event loop.
+
+        Raises:
+            JobNotFoundError: unknown, expired, or another key's job.
+        """
+        def work() -> bytes:
+            return self._status(self.store.get(job_id, owner)).model_dump_json(exclude_unset=True).encode()
+
+        return await asyncio.to_thread(work)
 
     async def cancel(self, job_id: str, owner: str | None) -> JobStatus:
         """Cancel an unfinished job (its stored images are deleted).

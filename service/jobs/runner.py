@@ -55,14 +55,17 @@ class JobRunner:
         worker_id: this worker's id (default :func:`new_worker_id`).
         decode_executor: thread pool decoding job images (default: the dataplane's pool); a separate
             pool keeps job decoding from queueing ahead of ``/predict`` images.
+        yield_to_interactive_s: job images are decoded one at a time, each once no ``/predict``
+            request is in flight, waiting at most this long (seconds) per image (None = no yielding).
     """
 
     def __init__(self, store: JobStore, dataplane: DataPlane, batcher: DynamicBatcher, *, chunk_images: int = 8,
                  max_inflight: int = 2, lease_s: float = 60.0, poll_interval_s: float = 1.0,
                  sweep_interval_s: float = 60.0, retention_s: float = 7 * 24 * 3600.0,
                  on_stats: Callable[[StoreStats], None] | None = None, worker_id: str | None = None,
-                 decode_executor: Executor | None = None) -> None:
+                 decode_executor: Executor | None = None, yield_to_interactive_s: float | None = 0.05) -> None:
         self.store = store
+        self.yield_to_interactive_s = yield_to_interactive_s
         self.decode_executor = decode_executor
         self.dataplane = dataplane
         self.batcher = batcher
@@ -170,7 +173,7 @@ class JobRunner:
         keys = [(i.job_id, i.idx) for i in items]
         try:
             arrays = await dp.decode_all([EncodedImage(data=i.data, id=i.image_id) for i in items],
-                                         self.decode_executor)
+                                         self.decode_executor, yield_to_interactive_s=self.yield_to_interactive_s)
             probs = await self.batcher.submit(arrays, timeout_ms=self.lease_s * 1000.0, priority=BACKGROUND)
         except InvalidInputError as exc:
             bad = {items[d["index"]].job_id for d in exc.detail or []}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from schemas.api import JobAccepted, JobCreateRequest, JobStatus
 from service.dataplane import DataPlane, EncodedImage, InvalidInputError
@@ -133,9 +133,10 @@ async def create_job(request: Request, dp: DataPlane = Depends(get_dataplane), j
     responses={**error_responses(401, 503), **_NOT_FOUND},
 )
 async def get_job(job_id: str = _JOB_ID, jobs: JobPlane = Depends(get_jobs),
-                  owner: str | None = Depends(caller_key_hash)) -> JobStatus:
+                  owner: str | None = Depends(caller_key_hash)) -> Response:
     """``results`` (the `/predict` per-image shape, input order) appear when ``status`` is ``succeeded``."""
-    return await jobs.get(job_id, owner)
+    # serialised off the event loop (JobPlane.get_json); the response_model above documents the shape
+    return Response(await jobs.get_json(job_id, owner), media_type="application/json")
 
 
 @router.delete(
