@@ -120,6 +120,8 @@ class JobRunner:
         while not self._stopping:
             claimed: list[ClaimedItem] = []
             if len(self._inflight) < self.max_inflight and self.batcher.running:
+                if self.yield_to_interactive_s is not None:  # store work holds the GIL: do it in a gap
+                    await self.dataplane.wait_interactive_idle(self.yield_to_interactive_s)
                 try:
                     claimed = await asyncio.to_thread(self.store.claim, self.worker_id, self.chunk_images,
                                                       self.lease_s)
@@ -190,6 +192,8 @@ class JobRunner:
             await asyncio.to_thread(self.store.release, self.worker_id, keys)
             await asyncio.sleep(self.poll_interval_s)
             return
+        if self.yield_to_interactive_s is not None:  # shaping + storing cost GIL time: do it in a gap
+            await dp.wait_interactive_idle(self.yield_to_interactive_s)
         results = [(i.job_id, i.idx, dp.shape_prediction(i.idx, i.image_id, probs[k]).model_dump_json())
                    for k, i in enumerate(items)]
         stored = await asyncio.to_thread(self.store.complete, self.worker_id, results, dp.manifest.name,
