@@ -138,6 +138,9 @@ async def predict(request: Request, dp: DataPlane = Depends(get_dataplane),
     else:
         images = await _images_from_multipart(request, dp.max_images_per_request, state.settings.max_upload_bytes)
     try:
-        return await cancel_on_disconnect(request, dp.predict(images))
+        result = await cancel_on_disconnect(request, dp.predict(images))
     except ClientDisconnected:
         return Response(status_code=499)
+    # serialised once by pydantic's Rust core; returning the model would make FastAPI validate it
+    # again, convert it to a dict and json.dumps that (response_model above still documents the shape)
+    return Response(result.model_dump_json(), media_type="application/json")
