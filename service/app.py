@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retention_s=settings.job_retention_s,
             on_stats=lambda s: state.metrics.job_stats(s.by_status, s.oldest_queued_age_s),
             decode_executor=job_decode_pool, yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0,
+            max_attempts=settings.job_max_attempts,
         )
         await runner.start()
         state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job, job_decode_pool,
@@ -198,7 +199,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes,
+                       path_limits={"/jobs": settings.max_job_upload_bytes})
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
 
     _install_openapi(app)

@@ -97,29 +97,35 @@ class BodySizeLimitMiddleware:
     counted as the app reads the stream and :class:`PayloadTooLargeError` is raised from
     ``receive`` the moment the count passes the limit (mapped to 413 by the error table), so a
     chunked upload can never be buffered beyond the limit.
+
+    ``path_limits`` maps exact request paths to their own limit (e.g. ``{"/jobs": 512 MiB}``: a
+    whole study is larger than one ``/predict`` call).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
-    def _error(self, declared: int | None = None) -> PayloadTooLargeError:
+    @staticmethod
+    def _error(limit: int, declared: int | None = None) -> PayloadTooLargeError:
         what = f"{declared} bytes" if declared is not None else "more bytes than allowed"
-        return PayloadTooLargeError(f"the request body has {what}; the limit is {self.max_bytes} bytes")
+        return PayloadTooLargeError(f"the request body has {what}; the limit is {limit} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope.get("path", ""), self.max_bytes)
         for k, v in scope.get("headers", []):
             if k == b"content-length":
                 try:
                     declared = int(v)
                 except ValueError:
                     declared = None
-                if declared is not None and declared > self.max_bytes:
+                if declared is not None and declared > limit:
                     rid = scope.get("state", {}).get("request_id")
-                    await error_response(self._error(declared), rid)(scope, receive, send)
+                    await error_response(self._error(limit, declared), rid)(scope, receive, send)
                     return
                 break
         received = 0
@@ -129,8 +135,8 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._error()
+                if received > limit:
+                    raise self._error(limit)
             return message
 
         await self.app(scope, limited_receive, send)

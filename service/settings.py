@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="request body size limit in bytes (Triton's default 64 MB); beyond: 413"
     )
+    max_job_upload_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="body size limit of POST /jobs in bytes (a 1000-image study of "
+        "~500 KB dermoscopy JPEGs); file parts over 1 MB are spooled to disk while parsing; beyond: 413"
+    )
     max_image_pixels: int = Field(40_000_000, ge=1, description="decoded width*height limit per image (pixels)")
     # --- referral rule -----------------------------------------------------------------------
     referral_malignant_threshold: float | None = Field(
@@ -151,6 +155,10 @@ class Settings(BaseSettings):
     job_yield_max_wait_ms: float = Field(
         50.0, gt=0, description="job images (the submit check and the run) are decoded one at a time, each once "
         "no /predict request is in flight; under sustained /predict load each waits at most this long (ms)"
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="claims per job image before its job is marked failed (a failing model call is "
+        "retried; an image the process keeps dying on ends its job instead of looping for ever)"
     )
     job_lease_s: float = Field(
         60.0, gt=0, description="seconds a claim on a chunk lasts; a replica that dies holding it loses it after "

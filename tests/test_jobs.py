@@ -253,6 +253,93 @@ def test_sigkill_mid_job_then_restart_completes_every_image(server_factory, test
 
 
 # ------------------------------------------------------------------ the store alone
+def test_jobs_have_their_own_body_limit(server_factory, test_images):
+    """A study is bigger than one /predict call: /jobs has its own byte limit (max_job_upload_bytes),
+    /predict keeps max_upload_bytes; both answer 413 with a JSON body beyond their limit."""
+    paths = test_images(6)
+    body_bytes = sum(p.stat().st_size for p in paths)
+    server = server_factory(env={**FAST, "DERMSERVE_MAX_UPLOAD_BYTES": str(body_bytes // 2),
+                                 "DERMSERVE_MAX_JOB_UPLOAD_BYTES": str(body_bytes * 4)})
+    with httpx.Client(base_url=server.base_url, timeout=30) as c:
+        r = c.post("/predict", files=files(paths))
+        assert r.status_code == 413 and "limit" in r.json()["error"], r.text
+        receipt = c.post("/jobs", files=files(paths))
+        assert receipt.status_code == 202, receipt.text
+        assert wait_job(c, receipt.json()["id"])["status"] == "succeeded"
+        r = c.post("/jobs", files=files(paths * 5))
+        assert r.status_code == 413, r.text
+
+
+def test_attempts_are_counted_only_for_failures(tmp_path):
+    """release(count_attempt=False) (shutdown, full queue) undoes the claim's attempt; True keeps it."""
+    from service.jobs.store import JobStore, sqlite_url
+
+    store = JobStore(sqlite_url(tmp_path))
+    store.create("k" * 32, None, None, [("a", b"1")])
+    assert [c.attempts for c in store.claim("w", 1, lease_s=30)] == [1]
+    store.release("w", [("k" * 32, 0)])
+    assert [c.attempts for c in store.claim("w", 1, lease_s=30)] == [1]
+    store.release("w", [("k" * 32, 0)], count_attempt=True)
+    assert [c.attempts for c in store.claim("w", 1, lease_s=30)] == [2]
+    store.close()
+
+
+def test_failing_model_calls_are_retried_then_fail_the_job(tmp_path, model_dir):
+    """The runner puts a chunk back when the model call fails and fails the job only after
+    max_attempts claims; a transient failure (first call only) still completes the job."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.batching import DynamicBatcher
+    from service.dataplane import DataPlane
+    from service.jobs.runner import JobRunner
+    from service.jobs.store import JobStore, sqlite_url
+    from service.preprocessing import PreprocessSpec
+    from service.runtime import load_manifest
+
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.new("RGB", (40, 30), (120, 80, 60)).save(buf, "JPEG")
+
+    def scenario(fail_calls: int) -> tuple[str, int]:
+        calls = {"n": 0}
+
+        def model(batch):
+            calls["n"] += 1
+            if calls["n"] <= fail_calls:
+                raise RuntimeError("simulated device error")
+            return np.full((len(batch), 7), 1 / 7, np.float32)
+
+        async def body() -> str:
+            store = JobStore(sqlite_url(tmp_path / f"f{fail_calls}"))
+            batcher = DynamicBatcher(model, max_batch_size=4, max_background_images=8)
+            batcher.start()
+            with ThreadPoolExecutor(1) as pool:
+                dp = DataPlane(load_manifest(model_dir), PreprocessSpec(height=16, width=16),
+                               "CPUExecutionProvider", batcher, pool)
+                runner = JobRunner(store, dp, batcher, chunk_images=2, poll_interval_s=0.02, max_attempts=3)
+                store.create("j" * 32, None, None, [("a", buf.getvalue()), ("b", buf.getvalue())])
+                await runner.start()
+                for _ in range(500):
+                    view = store.get("j" * 32, None)
+                    if view.status in ("succeeded", "failed"):
+                        break
+                    await asyncio.sleep(0.02)
+                await runner.stop()
+                await batcher.close(5)
+            store.close()
+            return view.status
+
+        return asyncio.run(body()), calls["n"]
+
+    assert scenario(fail_calls=1) == ("succeeded", 2)
+    status, calls = scenario(fail_calls=100)
+    assert status == "failed" and calls == 3, (status, calls)
+
+
 def test_store_discards_a_result_whose_claim_was_lost(tmp_path):
     from service.jobs.store import JobStore, sqlite_url
 

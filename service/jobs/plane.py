@@ -75,7 +75,9 @@ class JobPlane:
         self.check_count(len(images))
         # decode once to check (arrays dropped), in the gaps between interactive requests
         await self.dataplane.decode_all(images, self.decode_executor, yield_to_interactive_s=self.yield_to_interactive_s)
-        raw = [(img.id, img.data if img.data is not None else decode_base64(img.b64 or "")) for img in images]
+        # base64 of a whole study is tens of MB: decode it off the event loop
+        raw = await asyncio.to_thread(
+            lambda: [(img.id, img.data if img.data is not None else decode_base64(img.b64 or "")) for img in images])
         job_id = uuid.uuid4().hex
         await asyncio.to_thread(self.store.create, job_id, owner, reference, raw)
         self.runner.wake()

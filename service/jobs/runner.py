@@ -9,8 +9,11 @@ than ``chunk_images * max_inflight`` images of the batcher's background queue, a
 Failure handling per chunk:
 
 - the batcher is closed / full / past the deadline -> the claims are released, retried later;
-- an image that no longer decodes, or a failing model call -> its job(s) are marked ``failed``
-  (no endless retry of poison input);
+- an image that no longer decodes -> its job is marked ``failed`` (no endless retry of poison input);
+- a failing model call -> the chunk is put back and retried, up to ``max_attempts`` claims per image;
+  then its job(s) are marked ``failed``;
+- an image claimed ``max_attempts`` times without a result (e.g. the process died on it each time)
+  -> its job is marked ``failed`` instead of being claimed again;
 - the process dies -> the claims expire after ``lease_s`` seconds (or at once on the next start of
   a SQLite-backed service, see :meth:`JobStore.requeue_at_startup`) and the chunk is computed again.
 """
@@ -55,6 +58,7 @@ class JobRunner:
         worker_id: this worker's id (default :func:`new_worker_id`).
         decode_executor: thread pool decoding job images (default: the dataplane's pool); a separate
             pool keeps job decoding from queueing ahead of ``/predict`` images.
+        max_attempts: claims per image before its job is marked failed (transient failures retry).
         yield_to_interactive_s: job images are decoded one at a time, each once no ``/predict``
             request is in flight, waiting at most this long (seconds) per image (None = no yielding).
     """
@@ -63,8 +67,10 @@ class JobRunner:
                  max_inflight: int = 2, lease_s: float = 60.0, poll_interval_s: float = 1.0,
                  sweep_interval_s: float = 60.0, retention_s: float = 7 * 24 * 3600.0,
                  on_stats: Callable[[StoreStats], None] | None = None, worker_id: str | None = None,
-                 decode_executor: Executor | None = None, yield_to_interactive_s: float | None = 0.05) -> None:
+                 decode_executor: Executor | None = None, yield_to_interactive_s: float | None = 0.05,
+                 max_attempts: int = 3) -> None:
         self.store = store
+        self.max_attempts = max_attempts
         self.yield_to_interactive_s = yield_to_interactive_s
         self.decode_executor = decode_executor
         self.dataplane = dataplane
@@ -127,6 +133,7 @@ class JobRunner:
                                                       self.lease_s)
                 except Exception:  # noqa: BLE001 - database hiccup: log, back off, retry
                     log.exception("claiming job images failed")
+            claimed = await self._drop_exhausted(claimed)
             if claimed:
                 task = asyncio.get_running_loop().create_task(self._run_chunk(claimed))
                 self._inflight[task] = claimed
@@ -137,6 +144,18 @@ class JobRunner:
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
             except TimeoutError:
                 pass
+
+    async def _drop_exhausted(self, claimed: list[ClaimedItem]) -> list[ClaimedItem]:
+        """Fail the jobs of images claimed more than ``max_attempts`` times; return the rest."""
+        over = {i.job_id for i in claimed if i.attempts > self.max_attempts}
+        if not over:
+            return claimed
+        log.error("%d jobs failed: an image was claimed more than %d times without a result", len(over),
+                  self.max_attempts, extra={"event": "job_attempts_exhausted"})
+        await asyncio.to_thread(self.store.fail, over, f"an image was claimed more than {self.max_attempts} times "
+                                "without a result")
+        keep = [i for i in claimed if i.job_id not in over]
+        return keep
 
     def _chunk_done(self, task: asyncio.Task) -> None:
         claimed = self._inflight.pop(task, None)
@@ -185,7 +204,16 @@ class JobRunner:
                                     [(i.job_id, i.idx) for i in items if i.job_id not in bad])
             return
         except InferenceError:
-            await asyncio.to_thread(self.store.fail, {i.job_id for i in items}, "inference failed")
+            retry = [i for i in items if i.attempts < self.max_attempts]
+            give_up = {i.job_id for i in items if i.attempts >= self.max_attempts}
+            log.warning("inference failed for a job chunk of %d images; %d put back for another attempt",
+                        len(items), len(retry), extra={"event": "job_chunk_inference_failed"})
+            if give_up:
+                await asyncio.to_thread(self.store.fail, give_up,
+                                        f"inference failed {self.max_attempts} times for an image of this job")
+            await asyncio.to_thread(lambda: self.store.release(
+                self.worker_id, [(i.job_id, i.idx) for i in retry if i.job_id not in give_up], count_attempt=True))
+            await asyncio.sleep(self.poll_interval_s)
             return
         except (BatcherClosed, QueueFullError, DeadlineExceeded) as exc:
             log.info("job chunk of %d images put back: %s", len(items), exc)

@@ -116,6 +116,7 @@ class ClaimedItem:
     idx: int
     image_id: str | None
     data: bytes
+    attempts: int = 1  # claims of this image so far, this one included (claim_count)
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,8 @@ class JobStore:
         now = time.time()
         with Session(self.engine) as s, s.begin():
             rows = s.execute(
-                select(JobItemRow.job_id, JobItemRow.idx, JobItemRow.image_id, JobItemRow.data)
+                select(JobItemRow.job_id, JobItemRow.idx, JobItemRow.image_id, JobItemRow.data,
+                       JobItemRow.claim_count)
                 .join(JobRow, JobRow.id == JobItemRow.job_id)
                 .where(JobRow.status.in_(UNFINISHED),
                        or_(JobItemRow.state == "pending",
@@ -300,7 +302,7 @@ class JobStore:
                 .with_for_update(skip_locked=True, of=JobItemRow)
             ).all()
             claimed: list[ClaimedItem] = []
-            for job_id, idx, image_id, data in rows:
+            for job_id, idx, image_id, data, claim_count in rows:
                 # conditional update: also correct where FOR UPDATE is a no-op (SQLite, one writer at a time)
                 n = s.execute(
                     update(JobItemRow)
@@ -311,7 +313,7 @@ class JobStore:
                             claim_count=JobItemRow.claim_count + 1)
                 ).rowcount
                 if n == 1 and data is not None:
-                    claimed.append(ClaimedItem(job_id, idx, image_id, data))
+                    claimed.append(ClaimedItem(job_id, idx, image_id, data, (claim_count or 0) + 1))
             job_ids = {c.job_id for c in claimed}
             if job_ids:
                 s.execute(update(JobRow).where(JobRow.id.in_(job_ids), JobRow.status == "queued")
@@ -350,17 +352,28 @@ class JobStore:
                           .values(status="succeeded", finished_at=now))
         return sum(stored.values())
 
-    def release(self, worker_id: str, keys: Iterable[tuple[str, int]]) -> None:
-        """Give back claims (e.g. on shutdown) so the images are claimable again at once."""
+    def release(self, worker_id: str, keys: Iterable[tuple[str, int]], *, count_attempt: bool = False) -> None:
+        """Give back claims so the images are claimable again at once.
+
+        Args:
+            worker_id: the claiming worker (claims of other workers are left alone).
+            keys: ``(job_id, idx)`` of the images.
+            count_attempt: False (shutdown, full queue, deadline: not the image's fault) undoes the
+                claim's ``claim_count`` increment; True (the model call failed) keeps it, so a
+                repeatedly failing image ends its job after ``max_attempts`` (see the runner).
+        """
         keys = list(keys)
         if not keys:
             return
+        values: dict = {"state": "pending", "claimed_by": None, "lease_until": None}
+        if not count_attempt:
+            values["claim_count"] = JobItemRow.claim_count - 1
         with Session(self.engine) as s, s.begin():
             for job_id, idx in keys:
                 s.execute(update(JobItemRow)
                           .where(JobItemRow.job_id == job_id, JobItemRow.idx == idx, JobItemRow.state == "claimed",
                                  JobItemRow.claimed_by == worker_id)
-                          .values(state="pending", claimed_by=None, lease_until=None))
+                          .values(**values))
 
     def requeue_at_startup(self) -> int:
         """Resume unfinished work after a restart.

@@ -114,7 +114,8 @@ async def create_job(request: Request, dp: DataPlane = Depends(get_dataplane), j
     if media == "application/json":
         images, reference = await _json_body(request)
     elif media == "multipart/form-data":
-        images, reference = await _multipart_body(request, jobs.max_images_per_job, state.settings.max_upload_bytes)
+        images, reference = await _multipart_body(request, jobs.max_images_per_job,
+                                                    state.settings.max_job_upload_bytes)
     else:
         raise UnsupportedMediaTypeError(
             f"Content-Type {media or '(none)'!r} is not supported; use multipart/form-data (file parts named "
