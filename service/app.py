@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime = await asyncio.to_thread(
                 ModelRuntime, settings.model_dir, settings.providers, settings.intra_op_threads,
                 settings.inter_op_threads, settings.max_image_pixels, allow_spinning=settings.ort_allow_spinning,
+                force_spinning_stop=settings.ort_force_spinning_stop,
             )
         except ModelLoadError as exc:
             log.critical("refusing to start: the model directory %s cannot be served: %s", settings.model_dir, exc,

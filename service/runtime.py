@@ -74,7 +74,7 @@ class ModelRuntime:
 
     def __init__(self, model_dir: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                  inter_op_threads: int = 1, max_image_pixels: int | None = None,
-                 allow_spinning: bool = True) -> None:
+                 allow_spinning: bool = True, force_spinning_stop: bool = False) -> None:
         """Load and verify a model directory.
 
         Args:
@@ -87,6 +87,10 @@ class ModelRuntime:
             allow_spinning: let idle onnxruntime intra-op threads busy-wait for work (onnxruntime's
                 default). Off, they sleep: a little more latency per call, but no CPU taken from
                 the decode and HTTP threads between batches.
+            force_spinning_stop: with ``allow_spinning``, stop the spinning the moment ``Run()``
+                returns (onnxruntime's ``session.force_spinning_stop``): threads busy-wait only
+                between the operators of one call (no wake-up latency per operator) and sleep
+                between calls.
 
         Raises:
             ModelLoadError: missing files, invalid manifest, sha256 mismatch, or a graph whose
@@ -114,6 +118,7 @@ class ModelRuntime:
         opts.inter_op_num_threads = inter_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        opts.add_session_config_entry("session.force_spinning_stop", "1" if force_spinning_stop else "0")
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         "own default); false (ours) = they sleep, leaving the CPU to decoding and HTTP between batches: "
         "measured 1.4-2.2x the throughput under load on 2 cores (benchmarks/RESULTS.md)"
     )
+    ort_force_spinning_stop: bool = Field(
+        False, description="with ort_allow_spinning: intra-op threads spin only while a model call runs and "
+        "sleep the moment it returns (onnxruntime session.force_spinning_stop)"
+    )
     decode_threads: int = Field(
         default_factory=available_cpus, ge=1,
         description="threads decoding and resizing images (default: the CPUs this process may use)",
