@@ -150,7 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await runner.start()
         state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job, job_decode_pool,
-                              yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0)
+                              yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0,
+                              max_concurrent_uploads=settings.max_concurrent_job_uploads)
         log.info("job store %s open, worker %s", store.engine.url.render_as_string(hide_password=True),
                  runner.worker_id, extra={"event": "jobs_ready"})
         state.metrics.model_info.labels(name=m.name, version=m.version, provider=runtime.provider).set(1)

@@ -28,9 +28,10 @@ Batch-closing policy (Triton-like, with an idle fast path that MLServer's adapti
 - **idle-time scheduling of background work** -- while interactive traffic is *active* (an
   interactive image is queued, or one arrived or was announced with :meth:`note_interactive`
   within the last ``busy_window_ms``), a batch takes at most ``max_background_per_batch_busy``
-  background images (default 1). An interactive request arriving behind a job-only batch then
-  waits for a one-image model call (~3 ms here), not for a full job chunk; jobs still progress by
-  at least one image per batch under any load, and go back to full chunks once traffic pauses.
+  background images (the service sets 1). An interactive request arriving behind a job-only batch
+  then waits for a one-image model call (~3 ms here), not for a full job chunk; jobs go back to
+  full chunks once traffic pauses. While background images wait, interactive images fill at most
+  ``max_batch_size - 1`` slots, so jobs progress by at least one image per batch under any load.
 
 The model runs in a single worker thread (one InferenceSession is never called concurrently), so
 the event loop stays free for HTTP while a batch is computed.
@@ -165,7 +166,7 @@ class DynamicBatcher:
         max_background_per_batch: background images per model call at most (default
             ``max_batch_size``); bounds how long one batch of job work can delay ``/predict``.
         max_background_per_batch_busy: background images per model call at most while
-            interactive traffic is active (default 1, >= 1 so jobs never starve).
+            interactive traffic is active (default None = ``max_background_per_batch``; >= 1).
         busy_window_ms: interactive traffic counts as active for this long (ms) after the last
             interactive submit or :meth:`note_interactive` call (default 1000).
     """
@@ -183,7 +184,7 @@ class DynamicBatcher:
         observer: BatcherObserver | None = None,
         max_background_images: int | None = None,
         max_background_per_batch: int | None = None,
-        max_background_per_batch_busy: int = 1,
+        max_background_per_batch_busy: int | None = None,
         busy_window_ms: float = 1000.0,
     ) -> None:
         if max_batch_size < 1 or max_queue_images < 1:
@@ -205,7 +206,7 @@ class DynamicBatcher:
         # background priority (asynchronous jobs): its own bounded queue, never counted above
         self.max_background_images = max_background_images or max_batch_size
         self.max_background_per_batch = max(1, min(max_background_per_batch or max_batch_size, max_batch_size))
-        self.max_background_per_batch_busy = max(1, min(max_background_per_batch_busy,
+        self.max_background_per_batch_busy = max(1, min(max_background_per_batch_busy or self.max_background_per_batch,
                                                          self.max_background_per_batch))
         self.busy_window_s = max(0.0, busy_window_ms) / 1000.0
         self._last_interactive = -math.inf  # time.monotonic() of the latest interactive activity
@@ -455,7 +456,9 @@ class DynamicBatcher:
         """Pop up to max_batch_size items, interactive first, dropping requests whose deadline has passed."""
         now = time.monotonic()
         batch: list[_Item] = []
-        while self._queue and len(batch) < self.max_batch_size:
+        # one slot stays free for background work while some waits, so jobs never starve
+        inter_limit = self.max_batch_size - (1 if self._bg_queue and self.max_batch_size > 1 else 0)
+        while self._queue and len(batch) < inter_limit:
             item = self._queue[0]
             if item.req.future.done():  # failed/cancelled request whose items linger
                 self._queue.popleft()

@@ -333,7 +333,8 @@ class DataPlane:
         )
 
     async def decode_all(self, images: Sequence[EncodedImage], executor: Executor | None = None, *,
-                         yield_to_interactive_s: float | None = None) -> list[np.ndarray]:
+                         yield_to_interactive_s: float | None = None,
+                         max_total_wait_s: float | None = None) -> list[np.ndarray]:
         """Decode + resize every image in the thread pool (all of them, to report every error).
 
         ``executor`` overrides the decode pool (asynchronous jobs use their own, so that a big job
@@ -342,6 +343,7 @@ class DataPlane:
         ``yield_to_interactive_s`` (background work): decode one image at a time, each only once no
         interactive request is in flight (waiting at most that many seconds per image), so a job's
         decoding runs in the gaps between ``/predict`` requests instead of competing for the cores.
+        ``max_total_wait_s`` caps the waiting of the whole call (seconds; then it stops waiting).
 
         Returns:
             N uint8 arrays of shape ``(spec.height, spec.width, 3)``.
@@ -355,8 +357,10 @@ class DataPlane:
             results = await asyncio.gather(*(loop.run_in_executor(pool, self._decode_one, img) for img in images))
         else:
             results = []
+            budget_end = None if max_total_wait_s is None else time.monotonic() + max_total_wait_s
             for img in images:
-                await self.wait_interactive_idle(yield_to_interactive_s)
+                if budget_end is None or time.monotonic() < budget_end:
+                    await self.wait_interactive_idle(yield_to_interactive_s)
                 results.append(await loop.run_in_executor(pool, self._decode_one, img))
         errors = [
             ImageError(index=i, id=img.id, reason=r[0], message=r[1]).model_dump()

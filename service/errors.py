@@ -15,7 +15,7 @@ ImageDecodeError, InvalidInputError             422     undecodable image, bad b
 RequestValidationError (FastAPI/pydantic)       422     ``detail``: loc / msg / type per problem
 NoImagesError                                   422
 TooManyImagesError                              413     more than ``max_images_per_request``
-PayloadTooLargeError                            413     body over ``max_upload_bytes``
+PayloadTooLargeError                            413     body over ``max_upload_bytes`` (``max_job_upload_bytes`` for ``POST /jobs``)
 UnsupportedMediaTypeError                       415
 AuthenticationError                             401     ``WWW-Authenticate: Bearer``
 ModelNotFoundError                              404     OIP: unknown model name/version
@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 
 
 class PayloadTooLargeError(Exception):
-    """The request body is larger than ``max_upload_bytes`` (bytes)."""
+    """The request body is larger than its limit (bytes): ``max_upload_bytes``, or
+    ``max_job_upload_bytes`` for ``POST /jobs``."""
 
 
 class UnsupportedMediaTypeError(Exception):

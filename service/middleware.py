@@ -116,7 +116,10 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.path_limits.get(scope.get("path", ""), self.max_bytes)
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]  # behind a proxy prefix (uvicorn --root-path)
+        limit = self.path_limits.get(path.rstrip("/") or "/", self.max_bytes)
         for k, v in scope.get("headers", []):
             if k == b"content-length":
                 try:

@@ -105,8 +105,13 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1, description="request body size limit in bytes (Triton's default 64 MB); beyond: 413"
     )
     max_job_upload_bytes: int = Field(
-        512 * 1024 * 1024, ge=1, description="body size limit of POST /jobs in bytes (a 1000-image study of "
-        "~500 KB dermoscopy JPEGs); file parts over 1 MB are spooled to disk while parsing; beyond: 413"
+        512 * 1024 * 1024, ge=1, description="body size limit of a multipart POST /jobs in bytes (a 1000-image "
+        "study of ~500 KB dermoscopy JPEGs); the study is held in memory while it is checked and stored, so at most "
+        "max_concurrent_job_uploads are read at once; JSON jobs keep max_upload_bytes (base64 is parsed whole); "
+        "beyond: 413"
+    )
+    max_concurrent_job_uploads: int = Field(
+        2, ge=1, description="POST /jobs bodies read and stored at once per replica (more wait their turn)"
     )
     max_image_pixels: int = Field(40_000_000, ge=1, description="decoded width*height limit per image (pixels)")
     # --- referral rule -----------------------------------------------------------------------

@@ -46,13 +46,14 @@ def test_interactive_images_go_first_and_background_share_is_capped():
 
 def test_background_batches_shrink_while_interactive_traffic_is_active():
     """Idle-time scheduling: background work alone uses its full share; after an interactive
-    request (or a note_interactive() announcement) batches carry at most the busy share, until
-    busy_window_ms of quiet has passed; then full chunks again."""
+    request (or a note_interactive() announcement) batches carry at most the busy share; once
+    the busy window has passed, full chunks again. (The window is switched by setting
+    busy_window_s, so a slow machine cannot make it expire mid-step.)"""
     model = FakeModel(blocking=True)
 
     async def body():
         b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=0, max_background_images=32,
-                           max_background_per_batch=4, max_background_per_batch_busy=1, busy_window_ms=300)
+                           max_background_per_batch=4, max_background_per_batch_busy=1, busy_window_ms=60_000)
         b.start()
         # 1) no interactive traffic yet: a background-only batch takes the full share (4)
         first = asyncio.ensure_future(b.submit([img(100 + i) for i in range(6)], priority=BACKGROUND))
@@ -71,14 +72,15 @@ def test_background_batches_shrink_while_interactive_traffic_is_active():
         model.gate.set()
         await asyncio.gather(inter, bg)
         n_before = len(model.batches)
-        # 3) an announcement alone (request still decoding) also counts
-        await asyncio.sleep(0.35)
+        # 3) quiet (window 0), then an announcement alone (request still decoding) counts again
+        b.busy_window_s = 0.0
         assert not b.interactive_active
+        b.busy_window_s = 60.0
         b.note_interactive()
         assert b.interactive_active
         out = await b.submit([img(150 + i) for i in range(3)], priority=BACKGROUND)
-        # 4) after the window of quiet: full share again
-        await asyncio.sleep(0.35)
+        # 4) quiet again: full share
+        b.busy_window_s = 0.0
         out2 = await b.submit([img(160 + i) for i in range(4)], priority=BACKGROUND)
         await b.close(5)
         return n_before, out, out2
@@ -92,6 +94,28 @@ def test_background_batches_shrink_while_interactive_traffic_is_active():
     assert batches[-1] == [160, 161, 162, 163], batches
     np.testing.assert_array_equal(out[:, 0], [150, 151, 152])
     np.testing.assert_array_equal(out2[:, 0], [160, 161, 162, 163])
+
+
+def test_a_slot_stays_free_for_background_work_under_full_interactive_load():
+    """Jobs never starve: with a full batch's worth of interactive images queued, the next batch
+    still carries one background image."""
+    model = FakeModel(blocking=True)
+
+    async def body():
+        b = DynamicBatcher(model, max_batch_size=4, max_batch_delay_ms=0, max_queue_images=16,
+                           max_background_images=4, max_background_per_batch=2, max_background_per_batch_busy=1)
+        b.start()
+        first = asyncio.ensure_future(b.submit([img(1)]))
+        await wait_started(model)
+        bg = asyncio.ensure_future(b.submit([img(100)], priority=BACKGROUND))
+        inter = asyncio.ensure_future(b.submit([img(10 + i) for i in range(8)]))
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(first, bg, inter)
+        await b.close(5)
+
+    run(body())
+    assert model.batches[1] == [10, 11, 12, 100], model.batches
 
 
 def test_background_work_does_not_fill_the_interactive_queue():

@@ -268,6 +268,42 @@ def test_jobs_have_their_own_body_limit(server_factory, test_images):
         assert wait_job(c, receipt.json()["id"])["status"] == "succeeded"
         r = c.post("/jobs", files=files(paths * 5))
         assert r.status_code == 413, r.text
+        # JSON jobs keep the /predict limit (base64 is parsed whole in memory)
+        import base64
+        r = c.post("/jobs", json={"images": [{"data": base64.b64encode(p.read_bytes()).decode()} for p in paths]})
+        assert r.status_code == 413 and "multipart" in r.json()["error"], r.text
+
+
+def test_body_limit_per_path_ignores_trailing_slash_and_proxy_prefix():
+    """The /jobs limit applies to /jobs/, and to /api/jobs behind a proxy with root_path /api."""
+    import asyncio
+
+    from service.middleware import BodySizeLimitMiddleware
+
+    async def call(path: str, root: str, size: int) -> int:
+        status = {}
+
+        async def app(scope, receive, send):
+            status["code"] = 200
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+
+        mw = BodySizeLimitMiddleware(app, max_bytes=100, path_limits={"/jobs": 10_000})
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": root,
+                 "headers": [(b"content-length", str(size).encode())]}
+        await mw(scope, receive, send)
+        return status["code"]
+
+    assert asyncio.run(call("/jobs", "", 5_000)) == 200
+    assert asyncio.run(call("/jobs/", "", 5_000)) == 200
+    assert asyncio.run(call("/api/jobs", "/api", 5_000)) == 200
+    assert asyncio.run(call("/predict", "", 5_000)) == 413
+    assert asyncio.run(call("/jobs", "", 20_000)) == 413
 
 
 def test_attempts_are_counted_only_for_failures(tmp_path):

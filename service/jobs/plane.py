@@ -38,11 +38,18 @@ class JobPlane:
         decode_executor: thread pool for the decode check (default: the dataplane's pool).
         yield_to_interactive_s: the decode check runs one image at a time in the gaps between
             ``/predict`` requests, waiting at most this long (seconds) per image (None = all at once).
+        max_concurrent_uploads: ``POST /jobs`` bodies read and stored at once (the route holds
+            :attr:`upload_slots` while reading): bounds memory, as each study is held whole.
+        max_check_wait_s: total seconds one submission's decode check may wait for gaps; then it
+            decodes without waiting (so a big study under heavy ``/predict`` load is still answered).
     """
 
     def __init__(self, store: JobStore, dataplane: DataPlane, runner: JobRunner, max_images_per_job: int,
-                 decode_executor: Executor | None = None, yield_to_interactive_s: float | None = 0.05) -> None:
+                 decode_executor: Executor | None = None, yield_to_interactive_s: float | None = 0.05,
+                 max_concurrent_uploads: int = 2, max_check_wait_s: float = 2.0) -> None:
         self.store = store
+        self.upload_slots = asyncio.Semaphore(max_concurrent_uploads)
+        self.max_check_wait_s = max_check_wait_s
         self.yield_to_interactive_s = yield_to_interactive_s
         self.decode_executor = decode_executor
         self.dataplane = dataplane
@@ -74,7 +81,8 @@ class JobPlane:
         """
         self.check_count(len(images))
         # decode once to check (arrays dropped), in the gaps between interactive requests
-        await self.dataplane.decode_all(images, self.decode_executor, yield_to_interactive_s=self.yield_to_interactive_s)
+        await self.dataplane.decode_all(images, self.decode_executor, yield_to_interactive_s=self.yield_to_interactive_s,
+                                        max_total_wait_s=self.max_check_wait_s)
         # base64 of a whole study is tens of MB: decode it off the event loop
         raw = await asyncio.to_thread(
             lambda: [(img.id, img.data if img.data is not None else decode_base64(img.b64 or "")) for img in images])

@@ -117,7 +117,8 @@ class JobRunner:
         await asyncio.gather(*self._inflight, return_exceptions=True)
         if left:
             try:
-                await asyncio.to_thread(self.store.release, self.worker_id, [(i.job_id, i.idx) for i in left])
+                await asyncio.to_thread(self.store.release, self.worker_id,
+                                        [(i.job_id, i.idx, i.attempts) for i in left])
             except Exception:  # noqa: BLE001 - the lease expires anyway
                 log.exception("could not release %d claimed images at shutdown", len(left))
 
@@ -131,9 +132,10 @@ class JobRunner:
                 try:
                     claimed = await asyncio.to_thread(self.store.claim, self.worker_id, self.chunk_images,
                                                       self.lease_s)
-                except Exception:  # noqa: BLE001 - database hiccup: log, back off, retry
+                    claimed = await self._drop_exhausted(claimed)
+                except Exception:  # noqa: BLE001 - database hiccup: log, back off, retry (claims expire)
                     log.exception("claiming job images failed")
-            claimed = await self._drop_exhausted(claimed)
+                    claimed = []
             if claimed:
                 task = asyncio.get_running_loop().create_task(self._run_chunk(claimed))
                 self._inflight[task] = claimed
@@ -191,17 +193,22 @@ class JobRunner:
     # ---------------------------------------------------------------- one chunk
     async def _run_chunk(self, items: list[ClaimedItem]) -> None:
         dp = self.dataplane
-        keys = [(i.job_id, i.idx) for i in items]
+        keys = [(i.job_id, i.idx, i.attempts) for i in items]
+        lease_end = time.monotonic() + self.lease_s  # claimed just before this task started
         try:
             arrays = await dp.decode_all([EncodedImage(data=i.data, id=i.image_id) for i in items],
                                          self.decode_executor, yield_to_interactive_s=self.yield_to_interactive_s)
-            probs = await self.batcher.submit(arrays, timeout_ms=self.lease_s * 1000.0, priority=BACKGROUND)
+            # only what is left of the lease: never compute a chunk whose claim may have passed on
+            left_ms = (lease_end - time.monotonic()) * 1000.0 - min(1000.0, self.lease_s * 100.0)
+            if left_ms <= 0:
+                raise DeadlineExceeded("the claim's lease ran out while decoding")
+            probs = await self.batcher.submit(arrays, timeout_ms=left_ms, priority=BACKGROUND)
         except InvalidInputError as exc:
             bad = {items[d["index"]].job_id for d in exc.detail or []}
             log.error("stored images of %d jobs no longer decode; failing them", len(bad))
             await asyncio.to_thread(self.store.fail, bad, "a stored image could not be decoded")
             await asyncio.to_thread(self.store.release, self.worker_id,
-                                    [(i.job_id, i.idx) for i in items if i.job_id not in bad])
+                                    [(i.job_id, i.idx, i.attempts) for i in items if i.job_id not in bad])
             return
         except InferenceError:
             retry = [i for i in items if i.attempts < self.max_attempts]
@@ -212,7 +219,8 @@ class JobRunner:
                 await asyncio.to_thread(self.store.fail, give_up,
                                         f"inference failed {self.max_attempts} times for an image of this job")
             await asyncio.to_thread(lambda: self.store.release(
-                self.worker_id, [(i.job_id, i.idx) for i in retry if i.job_id not in give_up], count_attempt=True))
+                self.worker_id, [(i.job_id, i.idx, i.attempts) for i in retry if i.job_id not in give_up],
+                count_attempt=True))
             await asyncio.sleep(self.poll_interval_s)
             return
         except (BatcherClosed, QueueFullError, DeadlineExceeded) as exc:

@@ -352,12 +352,15 @@ class JobStore:
                           .values(status="succeeded", finished_at=now))
         return sum(stored.values())
 
-    def release(self, worker_id: str, keys: Iterable[tuple[str, int]], *, count_attempt: bool = False) -> None:
+    def release(self, worker_id: str, keys: Iterable[tuple], *, count_attempt: bool = False) -> None:
         """Give back claims so the images are claimable again at once.
 
         Args:
             worker_id: the claiming worker (claims of other workers are left alone).
-            keys: ``(job_id, idx)`` of the images.
+            keys: ``(job_id, idx, attempts)`` of the images (``attempts`` = :attr:`ClaimedItem.attempts`,
+                so only *that* claim is released, never a newer claim of the same row by this worker
+                after the first one's lease ran out); ``(job_id, idx)`` releases whatever claim
+                ``worker_id`` holds.
             count_attempt: False (shutdown, full queue, deadline: not the image's fault) undoes the
                 claim's ``claim_count`` increment; True (the model call failed) keeps it, so a
                 repeatedly failing image ends its job after ``max_attempts`` (see the runner).
@@ -369,11 +372,13 @@ class JobStore:
         if not count_attempt:
             values["claim_count"] = JobItemRow.claim_count - 1
         with Session(self.engine) as s, s.begin():
-            for job_id, idx in keys:
-                s.execute(update(JobItemRow)
-                          .where(JobItemRow.job_id == job_id, JobItemRow.idx == idx, JobItemRow.state == "claimed",
-                                 JobItemRow.claimed_by == worker_id)
-                          .values(**values))
+            for key in keys:
+                job_id, idx = key[0], key[1]
+                cond = [JobItemRow.job_id == job_id, JobItemRow.idx == idx, JobItemRow.state == "claimed",
+                        JobItemRow.claimed_by == worker_id, JobItemRow.claim_count > 0]
+                if len(key) > 2:
+                    cond.append(JobItemRow.claim_count == key[2])
+                s.execute(update(JobItemRow).where(*cond).values(**values))
 
     def requeue_at_startup(self) -> int:
         """Resume unfinished work after a restart.

@@ -79,13 +79,15 @@ async def get_jobs(state: AppState = Depends(get_state)) -> JobPlane:
     return state.jobs
 
 
-async def _json_body(request: Request) -> tuple[list[EncodedImage], str | None]:
-    parsed = await _parse_json(request, JobCreateRequest)
+async def _json_body(request: Request, max_bytes: int) -> tuple[list[EncodedImage], str | None]:
+    # base64 in JSON is parsed whole in memory (~3x the body): JSON jobs keep the /predict byte limit
+    parsed = await _parse_json(request, JobCreateRequest, max_bytes,
+                               "JSON jobs (send larger studies as multipart/form-data)")
     return [EncodedImage(b64=img.data, id=img.id) for img in parsed.images], parsed.reference
 
 
 async def _multipart_body(request: Request, max_images: int, max_bytes: int) -> tuple[list[EncodedImage], str | None]:
-    images = await _images_from_multipart(request, max_images, max_bytes)
+    images = await _images_from_multipart(request, max_images, max_bytes, max_part_size=1024 * 1024)
     reference = (await request.form()).get("reference")  # the parsed form is cached by starlette
     if reference is not None and (not isinstance(reference, str) or len(reference) > 256):
         raise InvalidInputError("'reference' must be a text field of at most 256 characters")
@@ -111,17 +113,18 @@ async def create_job(request: Request, dp: DataPlane = Depends(get_dataplane), j
                      state: AppState = Depends(get_state)) -> JSONResponse:
     """Parse the body by Content-Type, hand the images to the job plane, answer 202 with the receipt."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media == "application/json":
-        images, reference = await _json_body(request)
-    elif media == "multipart/form-data":
-        images, reference = await _multipart_body(request, jobs.max_images_per_job,
-                                                    state.settings.max_job_upload_bytes)
-    else:
+    if media not in ("application/json", "multipart/form-data"):
         raise UnsupportedMediaTypeError(
             f"Content-Type {media or '(none)'!r} is not supported; use multipart/form-data (file parts named "
             "'images') or application/json"
         )
-    receipt = await jobs.submit(images, reference, owner)
+    async with jobs.upload_slots:  # bounded memory: a few studies are read and stored at a time
+        if media == "application/json":
+            images, reference = await _json_body(request, state.settings.max_upload_bytes)
+        else:
+            images, reference = await _multipart_body(request, jobs.max_images_per_job,
+                                                        state.settings.max_job_upload_bytes)
+        receipt = await jobs.submit(images, reference, owner)
     return JSONResponse(receipt.model_dump(), status_code=202, headers={"Location": f"/jobs/{receipt.id}"})
 
 

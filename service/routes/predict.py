@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from schemas.api import PredictRequest, PredictResponse
 from service.dataplane import DataPlane, EncodedImage, InvalidInputError, TooManyImagesError
-from service.errors import UnsupportedMediaTypeError, error_responses
+from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError, error_responses
 from service.routes.deps import ClientDisconnected, cancel_on_disconnect, get_dataplane, get_state, require_api_key
 from service.state import AppState
 
@@ -74,13 +74,32 @@ _OPENAPI_EXTRA = {
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
-async def _parse_json(request: Request, model: type[BodyT]) -> BodyT:
+async def _read_capped(request: Request, max_bytes: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``max_bytes`` (never buffered beyond)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(f"the body has {declared} bytes; {what} are limited to {max_bytes} bytes")
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > max_bytes:
+            raise PayloadTooLargeError(f"the body has more than {max_bytes} bytes; {what} are limited to {max_bytes} "
+                                       "bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _parse_json(request: Request, model: type[BodyT], max_bytes: int | None = None,
+                      what: str = "JSON bodies") -> BodyT:
     """Validate a JSON body against ``model`` off the event loop (bodies can be tens of MB).
+
+    ``max_bytes`` (optional) caps the body below the route's general limit (-> 413).
 
     Raises:
         RequestValidationError: the body is not valid JSON of that shape (-> 422 via the error table).
+        PayloadTooLargeError: the body is over ``max_bytes``.
     """
-    body = await request.body()
+    body = await request.body() if max_bytes is None else await _read_capped(request, max_bytes, what)
     try:
         return await asyncio.to_thread(model.model_validate_json, body)
     except ValidationError as exc:
@@ -92,10 +111,13 @@ async def _images_from_json(request: Request) -> list[EncodedImage]:
     return [EncodedImage(b64=img.data, id=img.id) for img in parsed.images]
 
 
-async def _images_from_multipart(request: Request, max_images: int, max_bytes: int) -> list[EncodedImage]:
+async def _images_from_multipart(request: Request, max_images: int, max_bytes: int,
+                                 max_part_size: int | None = None) -> list[EncodedImage]:
     try:
-        # max_files = the image limit: starlette refuses the (limit+1)-th file while parsing
-        form = await request.form(max_files=max_images, max_fields=max_images + 32, max_part_size=max_bytes)
+        # max_files = the image limit: starlette refuses the (limit+1)-th file while parsing;
+        # max_part_size bounds text fields only (file parts are counted by the body limit)
+        form = await request.form(max_files=max_images, max_fields=max_images + 32,
+                                  max_part_size=max_part_size or max_bytes)
     except HTTPException as exc:
         if "Too many files" in str(exc.detail):
             raise TooManyImagesError(f"the request holds more than {max_images} files; "
