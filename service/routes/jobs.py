@@ -87,9 +87,14 @@ async def _json_body(request: Request, max_bytes: int) -> tuple[list[EncodedImag
 
 
 async def _multipart_body(request: Request, max_images: int, max_bytes: int) -> tuple[list[EncodedImage], str | None]:
-    images = await _images_from_multipart(request, max_images, max_bytes, max_part_size=1024 * 1024)
-    reference = (await request.form()).get("reference")  # the parsed form is cached by starlette
-    if reference is not None and (not isinstance(reference, str) or len(reference) > 256):
+    images, others = await _images_from_multipart(request, max_images, max_bytes, max_part_size=1024 * 1024)
+    reference = None
+    for part in others:
+        if part.name == "reference":
+            if part.filename is not None or len(part.data) > 1024:
+                raise InvalidInputError("'reference' must be a text field of at most 256 characters")
+            reference = part.data.decode("utf-8", errors="replace")
+    if reference is not None and len(reference) > 256:
         raise InvalidInputError("'reference' must be a text field of at most 256 characters")
     return images, reference
 

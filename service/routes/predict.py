@@ -9,12 +9,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from schemas.api import PredictRequest, PredictResponse
 from service.dataplane import DataPlane, EncodedImage, InvalidInputError, TooManyImagesError
 from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError, error_responses
+from service.routes.multipart import MultipartError, Part, TooManyPartsError, read_parts
 from service.routes.deps import ClientDisconnected, cancel_on_disconnect, get_dataplane, get_state, require_api_key
 from service.state import AppState
 
@@ -112,28 +111,37 @@ async def _images_from_json(request: Request) -> list[EncodedImage]:
 
 
 async def _images_from_multipart(request: Request, max_images: int, max_bytes: int,
-                                 max_part_size: int | None = None) -> list[EncodedImage]:
+                                 max_part_size: int | None = None) -> tuple[list[EncodedImage], list[Part]]:
+    """The file parts named ``images`` as :class:`EncodedImage` (in order), and every other part.
+
+    ``max_part_size`` bounds text fields (default ``max_bytes``); file parts are bounded by the
+    body limit. A text field named ``images`` becomes a per-image ``not_a_file`` error.
+
+    Raises:
+        TooManyImagesError: more than ``max_images`` file parts (-> 413).
+        InvalidInputError: a malformed body (-> 422).
+    """
     try:
-        # max_files = the image limit: starlette refuses the (limit+1)-th file while parsing;
-        # max_part_size bounds text fields only (file parts are counted by the body limit)
-        form = await request.form(max_files=max_images, max_fields=max_images + 32,
-                                  max_part_size=max_part_size or max_bytes)
-    except HTTPException as exc:
-        if "Too many files" in str(exc.detail):
+        parts = await read_parts(request, max_files=max_images, max_fields=max_images + 32,
+                                 max_field_bytes=max_part_size or max_bytes)
+    except TooManyPartsError as exc:
+        if exc.kind == "files":
             raise TooManyImagesError(f"the request holds more than {max_images} files; "
                                      f"at most {max_images} images are accepted per request") from None
-        raise InvalidInputError(f"malformed multipart body: {exc.detail}") from None
-    try:
-        images: list[EncodedImage] = []
-        for part in form.getlist("images"):
-            if isinstance(part, UploadFile):
-                images.append(EncodedImage(data=await part.read(), id=part.filename or None))
-            else:
-                images.append(EncodedImage(error=("not_a_file", "the 'images' part is a text field, not a file part "
-                                                  "(use a filename in Content-Disposition)")))
-        return images
-    finally:
-        await form.close()
+        raise InvalidInputError(f"malformed multipart body: {exc}") from None
+    except MultipartError as exc:
+        raise InvalidInputError(f"malformed multipart body: {exc}") from None
+    images: list[EncodedImage] = []
+    others: list[Part] = []
+    for part in parts:
+        if part.name != "images":
+            others.append(part)
+        elif part.filename is not None:
+            images.append(EncodedImage(data=part.data, id=part.filename or None))
+        else:
+            images.append(EncodedImage(error=("not_a_file", "the 'images' part is a text field, not a file part "
+                                              "(use a filename in Content-Disposition)")))
+    return images, others
 
 
 @router.post(
@@ -158,7 +166,7 @@ async def predict(request: Request, dp: DataPlane = Depends(get_dataplane),
     if media == "application/json":
         images = await _images_from_json(request)
     else:
-        images = await _images_from_multipart(request, dp.max_images_per_request, state.settings.max_upload_bytes)
+        images, _ = await _images_from_multipart(request, dp.max_images_per_request, state.settings.max_upload_bytes)
     try:
         result = await cancel_on_disconnect(request, dp.predict(images))
     except ClientDisconnected:
