@@ -41,15 +41,15 @@ class TrainConfig(BaseModel):
         description="ImageNet backbone weights (.h5); None = random init; 'imagenet' not supported offline",
     )
     image_size: int = Field(
-        192, description="model input height = width, pixels; 192 chosen by `python -m trainer.study` "
-        "(trainer/results/study.json: val balanced accuracy of frozen features 128 0.53, 160 0.53, 192 0.60, 224 0.59 "
-        "with sqrt class weights) within the 60-minute budget (~5.7 min per fine-tuning epoch on 2 cores)")
+        160, description="model input height = width, pixels. Measured (val only): frozen-feature study "
+        "(trainer/results/study.json) 128/160/192/224 -> balanced accuracy 0.53/0.53/0.60/0.59 (sqrt class weights); "
+        "full fine-tuning within the 60-minute budget: 160 px x 10 epochs 0.725 (the bundled model) vs 192 px x 8 "
+        "epochs 0.705 (~6 min per epoch at 192 vs ~4 at 160 on 2 cores), so 160")
     resize_method: Literal["bilinear", "bicubic"] = "bilinear"
     batch_size: int = 32
     head_epochs: int = Field(1, description="epochs training only the classifier head (backbone frozen)")
     head_lr: float = 1e-3
-    finetune_epochs: int = Field(8, description="epochs fine-tuning the whole network (8 at 192 px fit in "
-                                 "60 min on 2 cores)")
+    finetune_epochs: int = Field(10, description="epochs fine-tuning the whole network")
     finetune_lr: float = Field(3e-4, description="peak learning rate of the cosine schedule")
     warmup_epochs: float = 0.5
     dropout: float = 0.2
