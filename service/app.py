@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_background_per_batch=settings.job_chunk_images,
             max_background_per_batch_busy=settings.job_images_per_batch_when_busy,
             busy_window_ms=settings.interactive_busy_window_ms,
+            inline_when_idle=settings.inline_infer_when_idle,
             request_timeout_ms=settings.request_timeout_ms,
             item_shape=(runtime.spec.height, runtime.spec.width, 3),
             observer=state.metrics,
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_images_per_request=settings.max_images_per_request,
             referral_malignant_threshold=settings.referral_malignant_threshold,
             referral_min_top_probability=settings.referral_min_top_probability,
+            inline_decode_max_bytes=settings.inline_decode_max_bytes,
         )
         try:
             store = await asyncio.to_thread(

@@ -169,6 +169,9 @@ class DynamicBatcher:
             interactive traffic is active (default None = ``max_background_per_batch``; >= 1).
         busy_window_ms: interactive traffic counts as active for this long (ms) after the last
             interactive submit or :meth:`note_interactive` call (default 1000).
+        inline_when_idle: run a lone one-image batch that arrives when the batcher is idle on the
+            event loop itself instead of the worker thread (saves a thread round trip; blocks the
+            loop for one model call). Default False.
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class DynamicBatcher:
         max_background_per_batch: int | None = None,
         max_background_per_batch_busy: int | None = None,
         busy_window_ms: float = 1000.0,
+        inline_when_idle: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_queue_images < 1:
             raise ValueError("max_batch_size and max_queue_images must be >= 1")
@@ -209,6 +213,7 @@ class DynamicBatcher:
         self.max_background_per_batch_busy = max(1, min(max_background_per_batch_busy or self.max_background_per_batch,
                                                          self.max_background_per_batch))
         self.busy_window_s = max(0.0, busy_window_ms) / 1000.0
+        self.inline_when_idle = inline_when_idle
         self._last_interactive = -math.inf  # time.monotonic() of the latest interactive activity
         self._bg_queue: collections.deque[_Item] = collections.deque()
         self._wakeup: asyncio.Event | None = None
@@ -235,6 +240,11 @@ class DynamicBatcher:
     def running(self) -> bool:
         """True while the batching task is alive and accepting work."""
         return self._accepting and self._task is not None and not self._task.done()
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is queued (interactive or background) and no batch is running."""
+        return not self._queue and not self._bg_queue and not self._running_batch
 
     @property
     def queue_depth(self) -> int:
@@ -504,6 +514,7 @@ class DynamicBatcher:
                 await self._wakeup.wait()  # type: ignore[union-attr]
                 idle = True
                 continue
+            was_idle = idle
             if not idle:
                 await self._wait_for_fill()
             idle = False
@@ -515,7 +526,11 @@ class DynamicBatcher:
                 continue
             t0 = time.perf_counter()
             try:
-                out, seconds = await loop.run_in_executor(self._executor, self._run_in_worker, [i.array for i in items])
+                if self.inline_when_idle and was_idle and len(items) == 1 and not self._queue:
+                    out, seconds = self._run_in_worker([items[0].array])
+                else:
+                    out, seconds = await loop.run_in_executor(self._executor, self._run_in_worker,
+                                                              [i.array for i in items])
             except asyncio.CancelledError:
                 self._running_batch = False
                 for item in items:

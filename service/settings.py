@@ -77,6 +77,14 @@ class Settings(BaseSettings):
         False, description="with ort_allow_spinning: intra-op threads spin only while a model call runs and "
         "sleep the moment it returns (onnxruntime session.force_spinning_stop)"
     )
+    inline_infer_when_idle: bool = Field(
+        False, description="idle fast path: a lone one-image batch arriving at an idle batcher runs on the event "
+        "loop (no thread round trip; blocks the loop for one model call)"
+    )
+    inline_decode_max_bytes: int = Field(
+        0, ge=0, description="idle fast path: a lone single-image request of at most this many bytes, arriving when "
+        "nothing else is in flight, is decoded on the event loop (no thread round trip); 0 = always use the pool"
+    )
     decode_threads: int = Field(
         default_factory=available_cpus, ge=1,
         description="threads decoding and resizing images (default: the CPUs this process may use)",
