@@ -405,3 +405,22 @@ def test_submit_validates_input():
         await b.close(1)
 
     run(body())
+
+
+def test_inline_when_idle_runs_a_lone_image_on_the_event_loop_thread():
+    """inline_when_idle: the idle one-image batch runs in the loop's thread; off, in the worker."""
+    seen: list[str] = []
+
+    def model(batch):
+        seen.append(threading.current_thread().name)
+        return np.zeros((len(batch), 2), np.float32)
+
+    async def body(inline: bool):
+        b = DynamicBatcher(model, max_batch_size=4, inline_when_idle=inline)
+        b.start()
+        await b.submit([img(1)])
+        await b.close(5)
+
+    run(body(True))
+    run(body(False))
+    assert seen[0] == threading.main_thread().name and seen[1].startswith("dermserve-infer"), seen

@@ -60,3 +60,32 @@ def test_background_decode_still_progresses_under_sustained_interactive_load():
             assert len(arrays) == 3
 
     asyncio.run(body())
+
+
+def test_idle_fast_path_decodes_a_lone_small_image_without_the_pool():
+    """inline_decode_max_bytes: a lone small image with nothing else in flight skips the thread
+    pool; a second image, a bigger one, or the option off all use the pool."""
+    class CountingPool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *a, **kw):
+            CountingPool.submitted += 1
+            return super().submit(*a, **kw)
+
+    async def body():
+        with CountingPool(1) as pool:
+            dp = _dataplane(pool)
+            small = EncodedImage(data=_jpeg(1), id="a")
+            dp.inline_decode_max_bytes = 0
+            await dp.decode_all([small])
+            assert CountingPool.submitted == 1
+            dp.inline_decode_max_bytes = 1 << 20
+            out = await dp.decode_all([small])
+            assert CountingPool.submitted == 1 and out[0].shape == (32, 32, 3)
+            await dp.decode_all([small, small])
+            assert CountingPool.submitted == 3
+            dp.inline_decode_max_bytes = 100
+            await dp.decode_all([small])
+            assert CountingPool.submitted == 4
+
+    asyncio.run(body())
