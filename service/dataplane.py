@@ -350,6 +350,9 @@ class DataPlane:
         decoding runs in the gaps between ``/predict`` requests instead of competing for the cores.
         ``max_total_wait_s`` caps the waiting of the whole call (seconds; then it stops waiting).
 
+        Idle fast path: one image of at most ``inline_decode_max_bytes`` bytes, with no other
+        interactive request in flight and the batcher idle, is decoded on the event loop itself.
+
         Returns:
             N uint8 arrays of shape ``(spec.height, spec.width, 3)``.
 
