@@ -494,17 +494,17 @@ class DataPlane:
         n_total = len(encoded) + len(pixel_rows)
         self.check_count(n_total)
         deadline = time.monotonic() + self.batcher.request_timeout_s
-        with self.interactive(), self.admit(n_total):
-            decoded = await self.within(deadline, self.decode_all(encoded)) if encoded else []
-        arrays: list[np.ndarray] = [None] * n_total  # type: ignore[list-item]
-        pixel_positions = {pos for pos, _ in pixel_rows}
-        for pos, row in pixel_rows:
-            arrays[pos] = row
-        it = iter(decoded)
-        for pos in range(n_total):
-            if pos not in pixel_positions:
-                arrays[pos] = next(it)
         with self.interactive():
+            with self.admit(n_total):
+                decoded = await self.within(deadline, self.decode_all(encoded)) if encoded else []
+            arrays: list[np.ndarray] = [None] * n_total  # type: ignore[list-item]
+            pixel_positions = {pos for pos, _ in pixel_rows}
+            for pos, row in pixel_rows:
+                arrays[pos] = row
+            it = iter(decoded)
+            for pos in range(n_total):
+                if pos not in pixel_positions:
+                    arrays[pos] = next(it)
             probs = await self._infer(arrays, deadline)
         probs = np.ascontiguousarray(probs, dtype="<f4")
         out = ResponseOutput(name=OIP_OUTPUT, shape=list(probs.shape), datatype="FP32",

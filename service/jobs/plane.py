@@ -91,17 +91,10 @@ class JobPlane:
         self.runner.wake()
         return JobAccepted(id=job_id, status="queued", total=len(raw), reference=reference)
 
-    async def get(self, job_id: str, owner: str | None) -> JobStatus:
-        """The job's status, with results once it has succeeded.
-
-        Raises:
-            JobNotFoundError: unknown, expired, or another key's job.
-        """
-        return await asyncio.to_thread(lambda: self._status(self.store.get(job_id, owner)))
-
     async def get_json(self, job_id: str, owner: str | None) -> bytes:
-        """:meth:`get` serialised to JSON bytes (unset fields left out), all in a worker thread: a
-        1000-image result list costs tens of ms of CPU that must not block the event loop.
+        """The job's status (results once it has succeeded) as JSON bytes (unset fields left out),
+        read and serialised in a worker thread: a 1000-image result list costs tens of ms of CPU
+        that must not block the event loop.
 
         Raises:
             JobNotFoundError: unknown, expired, or another key's job.

@@ -127,8 +127,7 @@ class JobRunner:
         while not self._stopping:
             claimed: list[ClaimedItem] = []
             if len(self._inflight) < self.max_inflight and self.batcher.running:
-                if self.yield_to_interactive_s is not None:  # store work holds the GIL: do it in a gap
-                    await self.dataplane.wait_interactive_idle(self.yield_to_interactive_s)
+                await self._gap()  # store work holds the GIL: do it between /predict requests
                 try:
                     claimed = await asyncio.to_thread(self.store.claim, self.worker_id, self.chunk_images,
                                                       self.lease_s)
@@ -146,6 +145,11 @@ class JobRunner:
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
             except TimeoutError:
                 pass
+
+    async def _gap(self) -> None:
+        """Wait (bounded) until no ``/predict`` request is in flight, unless yielding is off."""
+        if self.yield_to_interactive_s is not None:
+            await self.dataplane.wait_interactive_idle(self.yield_to_interactive_s)
 
     async def _drop_exhausted(self, claimed: list[ClaimedItem]) -> list[ClaimedItem]:
         """Fail the jobs of images claimed more than ``max_attempts`` times; return the rest."""
@@ -228,8 +232,7 @@ class JobRunner:
             await asyncio.to_thread(self.store.release, self.worker_id, keys)
             await asyncio.sleep(self.poll_interval_s)
             return
-        if self.yield_to_interactive_s is not None:  # shaping + storing cost GIL time: do it in a gap
-            await dp.wait_interactive_idle(self.yield_to_interactive_s)
+        await self._gap()  # shaping + storing cost GIL time too
         results = [(i.job_id, i.idx, dp.shape_prediction(i.idx, i.image_id, probs[k]).model_dump_json())
                    for k, i in enumerate(items)]
         stored = await asyncio.to_thread(self.store.complete, self.worker_id, results, dp.manifest.name,

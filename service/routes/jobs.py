@@ -91,11 +91,9 @@ async def _multipart_body(request: Request, max_images: int, max_bytes: int) -> 
     reference = None
     for part in others:
         if part.name == "reference":
-            if part.filename is not None or len(part.data) > 1024:
-                raise InvalidInputError("'reference' must be a text field of at most 256 characters")
             reference = part.data.decode("utf-8", errors="replace")
-    if reference is not None and len(reference) > 256:
-        raise InvalidInputError("'reference' must be a text field of at most 256 characters")
+            if part.filename is not None or len(reference) > 256:
+                raise InvalidInputError("'reference' must be a text field of at most 256 characters")
     return images, reference
 
 
