@@ -111,3 +111,23 @@ def test_service_serves_the_exported_model(exported: Path, server_factory, test_
         got = np.array([pred["probabilities"][c] for c in rt.class_codes])
         assert np.abs(got - row).max() < 1e-4
         assert pred["label"] == rt.class_codes[int(row.argmax())]
+
+
+def test_freeze_blocks_freezes_the_stem_and_first_blocks_only():
+    import keras
+
+    from trainer.model import build_model
+    from trainer.train import freeze_backbone_prefix
+
+    _, backbone = build_model("mobilenetv2", 64, 7, weights=None)
+    backbone.trainable = True
+    n = freeze_backbone_prefix(backbone, 4)
+    names = [layer.name for layer in backbone.layers]
+    cut = names.index("block_4_expand")
+    assert n == cut > 0
+    assert not any(layer.trainable for layer in backbone.layers[:cut])
+    assert all(layer.trainable for layer in backbone.layers[cut:])
+    assert any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in backbone.layers[:cut])
+    assert freeze_backbone_prefix(backbone, 0) == 0
+    with pytest.raises(ValueError):
+        freeze_backbone_prefix(backbone, 17)

@@ -26,6 +26,7 @@ def main(
     batch_size: int = typer.Option(32),
     finetune_lr: float = typer.Option(3e-4),
     head_lr: float = typer.Option(1e-3),
+    freeze_blocks: int = typer.Option(0, help="keep the stem and blocks 0..N-1 frozen while fine-tuning"),
     freeze_batchnorm: bool = typer.Option(False, help="BatchNorm in inference mode while fine-tuning"),
     bn_momentum: float = typer.Option(0.9, help="BatchNorm momentum when BatchNorm is trained"),
     imbalance: str = typer.Option("sqrt_class_weight", help="class_weight | sqrt_class_weight | none"),
@@ -43,7 +44,7 @@ def main(
     cfg = TrainConfig(**(base | dict(
         data_dir=data_dir, output_dir=output_dir, arch=arch, weights=weights, image_size=image_size,
         head_epochs=head_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
-        finetune_lr=finetune_lr, head_lr=head_lr, freeze_batchnorm=freeze_batchnorm,
+        finetune_lr=finetune_lr, head_lr=head_lr, freeze_blocks=freeze_blocks, freeze_batchnorm=freeze_batchnorm,
         batchnorm_momentum=bn_momentum, imbalance=imbalance, limit_per_split=limit_per_split, seed=seed,
         augment=not no_augment, gallery=not no_gallery, cache_dir=None if no_cache else cache_dir)))
     from trainer.train import run

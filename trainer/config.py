@@ -53,6 +53,10 @@ class TrainConfig(BaseModel):
     finetune_lr: float = Field(3e-4, description="peak learning rate of the cosine schedule")
     warmup_epochs: float = 0.5
     dropout: float = 0.2
+    freeze_blocks: int = Field(
+        0, ge=0, le=16, description="keep the stem and MobileNetV2 blocks 0..N-1 frozen while fine-tuning (0 = "
+        "fine-tune everything). The early high-resolution blocks dominate the backward pass on CPU: measured "
+        "training step, batch 32, 2 cores, 192 px: all layers 1409 ms, freeze_blocks=4 862 ms, freeze_blocks=7 585 ms")
     freeze_batchnorm: bool = Field(
         False, description="keep the backbone's BatchNorm layers in inference mode while fine-tuning "
         "(Keras transfer-learning guide; MobileNetV2's BN momentum 0.999 otherwise leaves stale moving "

@@ -85,6 +85,37 @@ class BalancedAccuracyCheckpoint:
         return _Callback()
 
 
+def freeze_backbone_prefix(backbone, n_blocks: int) -> int:
+    """Freeze Keras MobileNetV2's stem and inverted-residual blocks ``0 .. n_blocks-1``.
+
+    Layers are frozen in graph order up to the first layer of block ``n_blocks``
+    (``block_{n}_expand``; block 0 is Keras' ``expanded_conv``). Frozen BatchNorm layers run in
+    inference mode. Gradients then stop above the frozen prefix, which on CPU skips the costly
+    high-resolution depthwise backward passes (see ``TrainConfig.freeze_blocks`` for timings).
+
+    Returns:
+        The number of layers frozen (0 when ``n_blocks`` is 0).
+
+    Raises:
+        ValueError: ``n_blocks`` outside 0..16 or no such block in ``backbone``.
+    """
+    if n_blocks == 0:
+        return 0
+    if not 1 <= n_blocks <= 16:
+        raise ValueError(f"n_blocks must be in 0..16, got {n_blocks}")
+    stop = f"block_{n_blocks}_expand"
+    names = [layer.name for layer in backbone.layers]
+    if stop not in names:
+        raise ValueError(f"backbone has no layer {stop!r}; is it Keras' MobileNetV2?")
+    frozen = 0
+    for layer in backbone.layers:
+        if layer.name == stop:
+            break
+        layer.trainable = False
+        frozen += 1
+    return frozen
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train, select, calibrate and evaluate one model; write everything to ``cfg.output_dir``.
 
@@ -133,6 +164,7 @@ def run(cfg: TrainConfig) -> dict:
                   class_weight=cw, callbacks=[cb], verbose=0)
     if backbone is not None:
         backbone.trainable = True
+        freeze_backbone_prefix(backbone, cfg.freeze_blocks)
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 if cfg.freeze_batchnorm:
