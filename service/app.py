@@ -15,7 +15,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -107,71 +107,75 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:
             log.critical("refusing to start: warm-up inference failed: %r", exc, extra={"event": "warmup_failed"})
             raise
-        decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dermserve-decode")
-        batcher = DynamicBatcher(
-            runtime.predict_proba,
-            max_batch_size=settings.max_batch_size,
-            max_batch_delay_ms=settings.max_batch_delay_ms,
-            max_queue_images=settings.max_queue_images,
-            max_queue_bytes=settings.max_queue_bytes,
-            max_background_images=settings.job_chunk_images * settings.job_max_inflight_chunks,
-            max_background_per_batch=settings.job_chunk_images,
-            max_background_per_batch_busy=settings.job_images_per_batch_when_busy,
-            busy_window_ms=settings.interactive_busy_window_ms,
-            inline_when_idle=settings.inline_infer_when_idle,
-            request_timeout_ms=settings.request_timeout_ms,
-            item_shape=(runtime.spec.height, runtime.spec.width, 3),
-            observer=state.metrics,
-        )
-        batcher.start()
-        state.runtime, state.batcher = runtime, batcher
-        state.dataplane = DataPlane(
-            m, runtime.spec, runtime.provider, batcher, decode_pool,
-            max_images_per_request=settings.max_images_per_request,
-            referral_malignant_threshold=settings.referral_malignant_threshold,
-            referral_min_top_probability=settings.referral_min_top_probability,
-            inline_decode_max_bytes=settings.inline_decode_max_bytes,
-        )
-        try:
-            store = await asyncio.to_thread(
-                JobStore, settings.jobs_database_url or sqlite_url(settings.jobs_dir))
-        except Exception as exc:
-            log.critical("refusing to start: the job store cannot be opened: %r", exc,
-                         extra={"event": "job_store_failed"})
-            raise
-        # job images decode in their own single thread: never queued ahead of /predict images
-        job_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="dermserve-job-decode")
-        runner = JobRunner(
-            store, state.dataplane, batcher, chunk_images=settings.job_chunk_images,
-            max_inflight=settings.job_max_inflight_chunks, lease_s=settings.job_lease_s,
-            poll_interval_s=settings.job_poll_interval_s, sweep_interval_s=settings.job_sweep_interval_s,
-            retention_s=settings.job_retention_s,
-            on_stats=lambda s: state.metrics.job_stats(s.by_status, s.oldest_queued_age_s),
-            decode_executor=job_decode_pool, yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0,
-            max_attempts=settings.job_max_attempts,
-        )
-        await runner.start()
-        state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job, job_decode_pool,
-                              yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0,
-                              max_concurrent_uploads=settings.max_concurrent_job_uploads)
-        log.info("job store %s open, worker %s", store.engine.url.render_as_string(hide_password=True),
-                 runner.worker_id, extra={"event": "jobs_ready"})
-        state.metrics.model_info.labels(name=m.name, version=m.version, provider=runtime.provider).set(1)
-        state.ready = True
-        log.info("ready", extra={"event": "ready"})
-        try:
-            yield
-        finally:
-            state.begin_shutdown()  # no-op after SIGTERM (service.__main__ already drained the requests)
-            remaining = state.shutdown_remaining_s()  # one budget for the whole shutdown, not grace per phase
-            log.info("shutting down: draining accepted work (up to %.1f s)", remaining,
-                     extra={"event": "draining"})
-            await runner.stop(timeout_s=min(2.0, remaining))  # unfinished chunks: claims released
-            await batcher.close(timeout_s=state.shutdown_remaining_s())
-            decode_pool.shutdown(wait=False, cancel_futures=True)
-            job_decode_pool.shutdown(wait=False, cancel_futures=True)
-            await asyncio.to_thread(store.close)
-            log.info("stopped", extra={"event": "stopped"})
+        # Everything started from here on is registered on the exit stack as it is created, so a failure
+        # part-way through start-up (say, the job store cannot be opened) still stops the batcher thread and
+        # the pools it already started; at shutdown the stack unwinds in reverse order of creation.
+        async with AsyncExitStack() as stack:
+            decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dermserve-decode")
+            stack.callback(decode_pool.shutdown, wait=False, cancel_futures=True)
+            batcher = DynamicBatcher(
+                runtime.predict_proba,
+                max_batch_size=settings.max_batch_size,
+                max_batch_delay_ms=settings.max_batch_delay_ms,
+                max_queue_images=settings.max_queue_images,
+                max_queue_bytes=settings.max_queue_bytes,
+                max_background_images=settings.job_chunk_images * settings.job_max_inflight_chunks,
+                max_background_per_batch=settings.job_chunk_images,
+                max_background_per_batch_busy=settings.job_images_per_batch_when_busy,
+                busy_window_ms=settings.interactive_busy_window_ms,
+                inline_when_idle=settings.inline_infer_when_idle,
+                request_timeout_ms=settings.request_timeout_ms,
+                item_shape=(runtime.spec.height, runtime.spec.width, 3),
+                observer=state.metrics,
+            )
+            batcher.start()
+            stack.push_async_callback(lambda: batcher.close(timeout_s=state.shutdown_remaining_s()))
+            state.runtime, state.batcher = runtime, batcher
+            state.dataplane = DataPlane(
+                m, runtime.spec, runtime.provider, batcher, decode_pool,
+                max_images_per_request=settings.max_images_per_request,
+                referral_malignant_threshold=settings.referral_malignant_threshold,
+                referral_min_top_probability=settings.referral_min_top_probability,
+                inline_decode_max_bytes=settings.inline_decode_max_bytes,
+            )
+            try:
+                store = await asyncio.to_thread(
+                    JobStore, settings.jobs_database_url or sqlite_url(settings.jobs_dir))
+            except Exception as exc:
+                log.critical("refusing to start: the job store cannot be opened: %r", exc,
+                             extra={"event": "job_store_failed"})
+                raise
+            stack.push_async_callback(asyncio.to_thread, store.close)
+            # job images decode in their own single thread: never queued ahead of /predict images
+            job_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="dermserve-job-decode")
+            stack.callback(job_decode_pool.shutdown, wait=False, cancel_futures=True)
+            runner = JobRunner(
+                store, state.dataplane, batcher, chunk_images=settings.job_chunk_images,
+                max_inflight=settings.job_max_inflight_chunks, lease_s=settings.job_lease_s,
+                poll_interval_s=settings.job_poll_interval_s, sweep_interval_s=settings.job_sweep_interval_s,
+                retention_s=settings.job_retention_s,
+                on_stats=lambda s: state.metrics.job_stats(s.by_status, s.oldest_queued_age_s),
+                decode_executor=job_decode_pool, yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0,
+                max_attempts=settings.job_max_attempts,
+            )
+            await runner.start()
+            # unfinished chunks get their claims released; one shutdown budget for all phases
+            stack.push_async_callback(lambda: runner.stop(timeout_s=min(2.0, state.shutdown_remaining_s())))
+            state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job, job_decode_pool,
+                                  yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0,
+                                  max_concurrent_uploads=settings.max_concurrent_job_uploads)
+            log.info("job store %s open, worker %s", store.engine.url.render_as_string(hide_password=True),
+                     runner.worker_id, extra={"event": "jobs_ready"})
+            state.metrics.model_info.labels(name=m.name, version=m.version, provider=runtime.provider).set(1)
+            state.ready = True
+            log.info("ready", extra={"event": "ready"})
+            try:
+                yield
+            finally:
+                state.begin_shutdown()  # no-op after SIGTERM (service.__main__ already drained the requests)
+                log.info("shutting down: draining accepted work (up to %.1f s)", state.shutdown_remaining_s(),
+                         extra={"event": "draining"})
+        log.info("stopped", extra={"event": "stopped"})
 
     app = FastAPI(
         title="dermserve",

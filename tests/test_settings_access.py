@@ -101,3 +101,33 @@ def test_live_server_with_comma_separated_keys(server_factory, test_images):
         for key in ("k1", "k2"):
             assert c.post("/predict", files=files, headers={"Authorization": f"Bearer {key}"}).status_code == 200
     assert "k1" not in server.log() and "k2" not in server.log()
+
+
+def test_failed_start_up_stops_what_it_started(model_dir, tmp_path, caplog):
+    """The job store cannot be opened after the batcher and decode pool have started: the lifespan
+    must raise *and* leave no dermserve thread running (they are registered for clean-up as created)."""
+    import threading
+
+    from service.app import create_app
+
+    bad_url = f"sqlite:///{tmp_path}/no/such/dir/jobs.db"
+    app = create_app(Settings(model_dir=model_dir, providers=["CPUExecutionProvider"], intra_op_threads=1,
+                              decode_threads=1, jobs_database_url=bad_url, _env_file=None))
+
+    async def run_lifespan() -> bool:
+        with pytest.raises(Exception):
+            async with app.router.lifespan_context(app):
+                pass
+        # checked inside the loop: asyncio.run() would cancel a leaked batcher task on its way out anyway
+        batcher = app.state.dermserve.batcher
+        return batcher is not None and batcher.running
+
+    before = {t.ident for t in threading.enumerate()}
+    with caplog.at_level(logging.CRITICAL, logger="dermserve"):
+        still_running = asyncio.run(run_lifespan())
+    assert not still_running, "the batcher started before the failure is still running"
+    assert any("job store cannot be opened" in r.getMessage() for r in caplog.records)
+    for t in [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("dermserve-")]:
+        t.join(timeout=10.0)  # a pool thread exits once it sees the shutdown; bounded wait, not a timing check
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.name.startswith("dermserve-")]
+    assert left == [], left
