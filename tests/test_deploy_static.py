@@ -419,6 +419,15 @@ def test_prometheus_scrapes_compose_services():
             targets.update(sc["targets"])
     assert targets and all(t.split(":")[0] in compose and t.endswith(":8000") for t in targets), targets
     assert "dermserve:8000" in targets
+    # /metrics is behind the API key when keys are set: every job presents the compose secret
+    compose_all = _yaml().safe_load(COMPOSE_FILE.read_text())
+    assert "dermserve_metrics_key" in compose["prometheus"]["secrets"]
+    secret_file = compose_all["secrets"]["dermserve_metrics_key"]["file"]
+    default = secret_file.split(":-", 1)[1].rstrip("}") if ":-" in secret_file else secret_file
+    assert (ROOT / default).is_file(), default
+    for job in prom["scrape_configs"]:
+        auth = job.get("authorization", {})
+        assert auth.get("type") == "Bearer" and auth.get("credentials_file") == "/run/secrets/dermserve_metrics_key", job
 
 
 # --------------------------------------------------------------------------------------------
