@@ -18,6 +18,12 @@ Systems:
 The load generator is ``wrk`` (compiled; a Python client would take CPU from the server on 2 cores)
 with ``benchmarks/wrk/bodies.lua``, posting pre-built bodies of real test-split JPEGs. httpx is used
 only to check each server's answers against the in-process runtime before measuring.
+
+CPU accounting (every point): cores used by the server's process tree (/proc utime + stime) and by
+wrk (rusage), CPU ms per image / per request, and for dermserve the mean images per model call and
+the ms per image inside model calls (its /metrics counters) -- the server-side split between model
+compute and everything else, and the evidence for where a 2-core ceiling comes from. The limit
+records its own CPU ms per image (process CPU time).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import io
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -126,8 +133,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory (MB) of ``pid`` and all its descendants, from /proc."""
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -139,10 +146,32 @@ def tree_rss_mb(pid: int) -> float:
             children.setdefault(ppid, []).append(int(entry))
         except (OSError, ValueError, IndexError):
             continue
-    total_kb, todo = 0, [pid]
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
         todo.extend(children.get(p, []))
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) used so far by ``pid`` and its live descendants (/proc stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory (MB) of ``pid`` and all its descendants, from /proc."""
+    total_kb = 0
+    for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/status") as fh:
                 for line in fh:
@@ -334,7 +363,11 @@ class Point:
 
 def run_wrk(url: str, body_dir: Path, connections: int, duration_s: float, delay_ms: float = 0.0,
             monitor_pid: int | None = None) -> tuple[dict, float]:
-    """One wrk run; returns (wrk's JSON summary, max tree RSS of ``monitor_pid`` in MB during it)."""
+    """One wrk run; returns (wrk's JSON summary, max tree RSS of ``monitor_pid`` in MB during it).
+
+    The summary gains ``client_cpu_s``: wrk's own CPU seconds (user + system, from the rusage of
+    reaped children), since it shares the machine's cores with the server.
+    """
     env = dict(os.environ, BENCH_BODY_DIR=str(body_dir), BENCH_DELAY_MS=str(delay_ms))
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
            "-s", str(LUA_SCRIPT), url]
@@ -348,15 +381,18 @@ def run_wrk(url: str, body_dir: Path, connections: int, duration_s: float, delay
     th = threading.Thread(target=sample, daemon=True) if monitor_pid else None
     if th:
         th.start()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration_s + 60)
     finally:
         stop.set()
         if th:
             th.join()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
-            return json.loads(line[len("BENCH_JSON "):]), peak[0]
+            return json.loads(line[len("BENCH_JSON "):]) | {"client_cpu_s": client_cpu}, peak[0]
     raise RuntimeError(f"wrk gave no summary (exit {proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
 
 
@@ -365,16 +401,67 @@ def measure_http(server: Server, scenario: str, body_dir: Path, per_request: int
     url = server.base + server.infer_path
     if warmup > 0:
         run_wrk(url, body_dir, conc, warmup, delay_ms)
+    m0 = scrape_model_stats(server)
+    cpu0 = tree_cpu_s(server.proc.pid)
     s, peak = run_wrk(url, body_dir, conc, duration, delay_ms, monitor_pid=server.proc.pid)
+    cpu1 = tree_cpu_s(server.proc.pid)
+    m1 = scrape_model_stats(server)
     server.rss_load_mb = max(server.rss_load_mb, peak)
     secs = s["duration_us"] / 1e6
     errors = sum(s["errors"].values())
     ok = max(0, s["requests"] - s["errors"]["status"])
     lat = s["latency_us"]
     has = s["requests"] > 0
-    return Point(scenario, server.name, per_request, conc, ok * per_request / secs, s["requests"] / secs,
-                 lat["p50"] / 1000 if has else None, lat["p95"] / 1000 if has else None,
-                 lat["p99"] / 1000 if has else None, errors, s["requests"], delay_ms)
+    p = Point(scenario, server.name, per_request, conc, ok * per_request / secs, s["requests"] / secs,
+              lat["p50"] / 1000 if has else None, lat["p95"] / 1000 if has else None,
+              lat["p99"] / 1000 if has else None, errors, s["requests"], delay_ms)
+    p.extra = cpu_accounting(cpu1 - cpu0, s["client_cpu_s"], secs, ok * per_request, s["requests"], m0, m1)
+    return p
+
+
+def scrape_model_stats(server: Server) -> dict[str, float] | None:
+    """dermserve's model-call counters from ``/metrics`` (None for other systems or on failure).
+
+    Keys: ``calls`` (model calls), ``images`` (images in them), ``seconds`` (time inside them).
+    """
+    if server.kind != "dermserve":
+        return None
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(server.base + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == "dermserve_batch_size_images_count":
+                out["calls"] = sample.value
+            elif sample.name == "dermserve_batch_size_images_sum":
+                out["images"] = sample.value
+            elif sample.name == "dermserve_inference_duration_seconds_sum":
+                out["seconds"] = sample.value
+    return out if len(out) == 3 else None
+
+
+def cpu_accounting(server_cpu_s: float, client_cpu_s: float, secs: float, images: int, requests: int,
+                   m0: dict | None, m1: dict | None) -> dict:
+    """Where the machine's CPU went during one measured point (Triton-style server-side breakdown).
+
+    Returns cores used by the server and by the client (CPU seconds / wall seconds), CPU ms per
+    image (server) and per request (client), and for dermserve the mean images per model call and
+    the wall ms per image spent inside model calls (from its ``/metrics`` counters).
+    """
+    out = {"server_cores": server_cpu_s / secs if secs else None,
+           "client_cores": client_cpu_s / secs if secs else None,
+           "server_cpu_ms_per_image": 1000 * server_cpu_s / images if images else None,
+           "client_cpu_ms_per_request": 1000 * client_cpu_s / requests if requests else None}
+    if m0 and m1 and m1["calls"] > m0["calls"]:
+        calls, imgs = m1["calls"] - m0["calls"], m1["images"] - m0["images"]
+        out["mean_batch_images"] = imgs / calls
+        out["model_ms_per_image"] = 1000 * (m1["seconds"] - m0["seconds"]) / imgs if imgs else None
+    return out
 
 
 # ------------------------------------------------------------------------------------ the limit
@@ -392,6 +479,9 @@ class Limit:
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = model_dir
         self._runtimes: dict[tuple[int, bool], object] = {}
+        #: CPU ms per image and cores used in the last :meth:`measure` (process CPU time / images, / seconds)
+        self.last_cpu_ms_per_image: float | None = None
+        self.last_cores: float | None = None
 
     def runtime(self, intra: int, spinning: bool = True):
         from service.runtime import ModelRuntime
@@ -421,6 +511,7 @@ class Limit:
         with ThreadPoolExecutor(cfg.decode_threads) as pool:
             pending = next_batch(pool)
             t0 = time.perf_counter()
+            c0 = time.process_time()  # this process: decode threads + onnxruntime's threads
             while True:
                 arrays = [f.result() for f in pending]
                 pending = next_batch(pool)
@@ -429,9 +520,18 @@ class Limit:
                 elapsed = time.perf_counter() - t0
                 if elapsed >= seconds:
                     break
+            cpu = time.process_time() - c0
             for f in pending:
                 f.cancel()
+        self.last_cpu_ms_per_image = 1000 * cpu / done
+        self.last_cores = cpu / elapsed
         return done / elapsed
+
+
+def _note_limit_cpu(entry: dict, lim: Limit) -> None:
+    """Record the CPU cost of the limit's last measurement next to its throughput sample."""
+    entry.setdefault("cpu_ms_per_image", []).append(lim.last_cpu_ms_per_image)
+    entry.setdefault("cores", []).append(lim.last_cores)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -520,16 +620,25 @@ def print_table(points: list[Point], limit: dict, servers: dict, ratios: dict, t
         if lim:
             lines.append(f"limit (in-process, {lim['config']}): {lim['images_per_s']:.1f} images/s "
                          f"(re-measured {len(lim['samples'])}x: {min(lim['samples']):.0f}-{max(lim['samples']):.0f})")
+            if lim.get("cpu_ms_per_image"):
+                lines.append(f"limit CPU: {statistics.median(lim['cpu_ms_per_image']):.2f} CPU ms per image, "
+                             f"{statistics.median(lim['cores']):.2f} cores busy (median of the re-measurements)")
         for per_request in sorted({p.per_request for p in points if p.scenario == scenario}):
             lines.append(f"-- {per_request} image(s) per request --")
             lines.append(f"{'conc':>5} {'system':<22} {'img/s':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-                         f"{'p99 ms':>8} {'errors':>6}")
+                         f"{'p99 ms':>8} {'errors':>6} {'srv cores':>9} {'cli cores':>9} {'srv ms/img':>10} "
+                         f"{'cli ms/req':>10} {'batch':>6} {'model ms/img':>12}")
             pts = sorted((p for p in points if p.scenario == scenario and p.per_request == per_request),
                          key=lambda p: (bool(p.paced_delay_ms), p.concurrency, p.system))
             for p in pts:
                 conc = f"{p.concurrency}" + ("p" if p.paced_delay_ms else "")
+                x = p.extra
                 lines.append(f"{conc:>5} {p.system:<22} {p.images_per_s:8.1f} {p.requests_per_s:8.1f} "
-                             f"{fmt(p.p50_ms, '8.2f')} {fmt(p.p95_ms, '8.2f')} {fmt(p.p99_ms, '8.2f')} {p.errors:6d}")
+                             f"{fmt(p.p50_ms, '8.2f')} {fmt(p.p95_ms, '8.2f')} {fmt(p.p99_ms, '8.2f')} {p.errors:6d} "
+                             f"{fmt(x.get('server_cores'), '9.2f')} {fmt(x.get('client_cores'), '9.2f')} "
+                             f"{fmt(x.get('server_cpu_ms_per_image'), '10.2f')} "
+                             f"{fmt(x.get('client_cpu_ms_per_request'), '10.2f')} "
+                             f"{fmt(x.get('mean_batch_images'), '6.1f')} {fmt(x.get('model_ms_per_image'), '12.2f')}")
     lines.append("\n== servers ==")
     for name, s in servers.items():
         lines.append(f"{name:<22} ready in {fmt(s['cold_start_s'], '.2f')} s, RSS at rest {fmt(s['rss_rest_mb'])} MB, "
@@ -753,8 +862,10 @@ def main(
                                f"  p99 {fmt(p.p99_ms, '.2f')} ms  errors {p.errors}", err=True)
                 if best:
                     limit[sc]["samples"].append(lim_obj.measure(imgs, best, limit_seconds))
+                _note_limit_cpu(limit[sc], lim_obj)
             if best and not lv:
                 limit[sc]["samples"].append(lim_obj.measure(imgs, best, limit_seconds))
+                _note_limit_cpu(limit[sc], lim_obj)
             for i, c in enumerate(_ints(multi_levels)):
                 order = servers[i % len(servers):] + servers[:i % len(servers)] if servers else []
                 for s in order:
@@ -771,7 +882,7 @@ def main(
                     target = sat_rps / 2
                     delay = max(0.0, conns * 1000.0 / target - (c1.p50_ms or 0.0))
                     p = measure_http(s, sc, bodies[(s.body_format, 1)], 1, conns, duration, warmup, delay_ms=delay)
-                    p.extra = {"target_requests_per_s": target, "saturated_requests_per_s": sat_rps}
+                    p.extra |= {"target_requests_per_s": target, "saturated_requests_per_s": sat_rps}
                     points.append(p)
                     typer.echo(f"[{sc}] half load {s.name:<20} {p.requests_per_s:7.1f} req/s (target {target:.0f})"
                                f"  p99 {fmt(p.p99_ms, '.2f')} ms", err=True)

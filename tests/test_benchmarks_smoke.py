@@ -32,5 +32,28 @@ def test_limit_only_run_writes_results(ham_dir: Path, model_dir: Path, tmp_path:
     assert lim["config"]["batch"] in (1, 4)
     assert {(r["batch"], r["intra_op_threads"], r["decode_threads"]) for r in lim["grid"]} == {(1, 1, 1), (4, 1, 1)}
     assert lim["images_per_s"] > 0 and len(lim["samples"]) == 1
+    assert len(lim["cpu_ms_per_image"]) == 1 and lim["cpu_ms_per_image"][0] > 0 and lim["cores"][0] > 0
     assert result["points"] == [] and result["servers"] == {}
     assert (out / "report.txt").is_file()
+
+
+def test_cpu_accounting_from_proc_and_metrics_counters() -> None:
+    """The CPU bookkeeping each HTTP point gets: /proc CPU time grows with work; the arithmetic."""
+    pytest.importorskip("typer", reason="the benchmark CLI needs typer (pip install -e '.[bench]')")
+    import os
+    import time
+
+    from benchmarks.run import cpu_accounting, tree_cpu_s
+
+    t0 = tree_cpu_s(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # burn ~0.3 s of CPU in this process
+        pass
+    assert tree_cpu_s(os.getpid()) - t0 >= 0.2
+    m0 = {"calls": 10.0, "images": 40.0, "seconds": 1.0}
+    m1 = {"calls": 60.0, "images": 440.0, "seconds": 2.2}
+    x = cpu_accounting(server_cpu_s=3.0, client_cpu_s=0.5, secs=2.0, images=400, requests=100, m0=m0, m1=m1)
+    assert x["server_cores"] == 1.5 and x["client_cores"] == 0.25
+    assert x["server_cpu_ms_per_image"] == 7.5 and x["client_cpu_ms_per_request"] == 5.0
+    assert x["mean_batch_images"] == 8.0 and abs(x["model_ms_per_image"] - 3.0) < 1e-9
+    assert "mean_batch_images" not in cpu_accounting(1.0, 0.1, 1.0, 10, 10, None, None)
