@@ -58,7 +58,10 @@ def test_trainer_writes_model_metrics_and_config(exported: Path):
     assert (run / "model.keras").is_file()
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["image_size"] == 64 and cfg["limit_per_split"] == 35 and cfg["finetune_epochs"] == 1
-    test = json.loads((run / "metrics.json").read_text())["test"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    wall = metrics["wall_time_seconds"]
+    assert 0 < wall["total"] <= wall["total_with_report"]
+    test = metrics["test"]
     assert test["n"] == 35
     assert 0.0 <= test["balanced_accuracy"] <= 1.0 and 0.0 <= test["accuracy"] <= 1.0
     assert set(test["per_class"]) == {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
