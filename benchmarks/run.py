@@ -528,8 +528,9 @@ class Limit:
         return done / elapsed
 
 
-def _note_limit_cpu(entry: dict, lim: Limit) -> None:
-    """Record the CPU cost of the limit's last measurement next to its throughput sample."""
+def _sample_limit(entry: dict, lim: Limit, images: list[tuple[str, bytes]], cfg: LimitConfig, seconds: float) -> None:
+    """Re-measure the limit at ``cfg``; append images/s and its CPU cost to the scenario's ``entry``."""
+    entry["samples"].append(lim.measure(images, cfg, seconds))
     entry.setdefault("cpu_ms_per_image", []).append(lim.last_cpu_ms_per_image)
     entry.setdefault("cores", []).append(lim.last_cores)
 
@@ -861,11 +862,9 @@ def main(
                     typer.echo(f"[{sc}] c={c:<3} {s.name:<20} {p.images_per_s:7.1f} img/s  p50 {fmt(p.p50_ms, '.2f')}"
                                f"  p99 {fmt(p.p99_ms, '.2f')} ms  errors {p.errors}", err=True)
                 if best:
-                    limit[sc]["samples"].append(lim_obj.measure(imgs, best, limit_seconds))
-                _note_limit_cpu(limit[sc], lim_obj)
+                    _sample_limit(limit[sc], lim_obj, imgs, best, limit_seconds)
             if best and not lv:
-                limit[sc]["samples"].append(lim_obj.measure(imgs, best, limit_seconds))
-                _note_limit_cpu(limit[sc], lim_obj)
+                _sample_limit(limit[sc], lim_obj, imgs, best, limit_seconds)
             for i, c in enumerate(_ints(multi_levels)):
                 order = servers[i % len(servers):] + servers[:i % len(servers)] if servers else []
                 for s in order:
