@@ -76,8 +76,25 @@ class Referral(BaseModel):
         0.3, ge=0, le=1, description="refer when P(mel)+P(bcc)+P(akiec) is at or above this"
     )
     min_top_probability: float = Field(
-        0.5, ge=0, le=1, description="refer when the calibrated top-1 probability is below this (uncertain)"
+        0.5, ge=0, le=1, description="refer when the calibrated top-1 probability is below this (uncertain); "
+        "0 disables this reason"
     )
+    chosen_on: str | None = Field(None, description="the predictions the threshold was chosen on (e.g. out-of-fold)")
+    target_sensitivity: float | None = Field(None, description="malignant sensitivity the threshold was chosen for")
+    validation_sensitivity: float | None = Field(None, description="malignant sensitivity where it was chosen")
+    validation_specificity: float | None = Field(None, description="specificity (benign not referred) where it was chosen")
+
+
+class OutOfDistribution(BaseModel):
+    """The out-of-distribution guard carried by the model: a second graph output, higher = less like
+    the training images (see ``trainer/ood.py`` for the method and its source)."""
+
+    output: str = Field("ood_score", description="name of the float32 (B,) ONNX output")
+    method: str = Field(description="how the score is computed")
+    threshold: float = Field(description="an image is flagged out_of_distribution when ood_score > threshold")
+    description: str = Field(description="what the score means, in words")
+    fitted_on: str = Field(description="the images the detector was fitted and thresholded on")
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="measured AUROC and flagged shares")
 
 
 class Manifest(BaseModel):
@@ -96,6 +113,9 @@ class Manifest(BaseModel):
     output: OutputSpec
     calibration: Calibration = Calibration()
     referral: Referral = Referral()
+    ood: OutOfDistribution | None = Field(None, description="the out-of-distribution guard; None = the model has none")
+    ensemble: dict[str, Any] | None = Field(
+        None, description="members, test-time views and logit adjustment inside the graph (None = one model)")
     metrics: dict[str, Any] = Field(default_factory=dict, description="test-split metrics from the trainer")
     training: dict[str, Any] = Field(default_factory=dict, description="the trainer config the model ran with")
     export: dict[str, Any] = Field(default_factory=dict, description="exporter versions and parity-check results")

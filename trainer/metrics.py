@@ -94,3 +94,73 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_codes: l
     if 0 < is_mal.sum() < len(y_true):
         out["malignant_vs_benign_roc_auc"] = float(roc_auc_score(is_mal, probs[:, mal_idx].sum(axis=1)))
     return out
+
+
+def malignant_probability(probs: np.ndarray, class_codes: list[str]) -> np.ndarray:
+    """P(mel) + P(bcc) + P(akiec) per row: float ``(N,)`` (the service's ``malignant_probability``)."""
+    idx = [class_codes.index(c) for c in MALIGNANT_CLASSES if c in class_codes]
+    return probs[:, idx].sum(axis=1)
+
+
+def is_malignant(y_true: np.ndarray, class_codes: list[str]) -> np.ndarray:
+    """bool ``(N,)``: the true class is one of :data:`schemas.manifest.MALIGNANT_CLASSES`."""
+    return np.isin(y_true, [class_codes.index(c) for c in MALIGNANT_CLASSES if c in class_codes])
+
+
+def threshold_for_sensitivity(scores: np.ndarray, positive: np.ndarray, target: float) -> float:
+    """The highest threshold ``t`` with sensitivity ``mean(scores[positive] >= t) >= target``.
+
+    Args:
+        scores: float ``(N,)``, higher = more likely positive.
+        positive: bool ``(N,)``.
+        target: wanted sensitivity in (0, 1].
+
+    Raises:
+        ValueError: no positives.
+    """
+    pos = np.sort(scores[positive])[::-1]
+    if len(pos) == 0:
+        raise ValueError("no positive examples to choose a threshold on")
+    need = int(np.ceil(target * len(pos)))  # the need-th highest positive score keeps `need` positives
+    return float(pos[max(need, 1) - 1])
+
+
+def sensitivity_specificity(flag: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """(sensitivity, specificity) of a bool decision ``flag`` against bool truth ``positive``."""
+    sens = float((flag & positive).sum() / max(positive.sum(), 1))
+    spec = float((~flag & ~positive).sum() / max((~positive).sum(), 1))
+    return sens, spec
+
+
+def bootstrap_ci(statistic, groups: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Percentile bootstrap confidence interval resampling whole groups (lesions) with replacement.
+
+    Images of one lesion are correlated, so the resampling unit is the lesion (``lesion_id``), not the
+    image (cluster bootstrap; Field & Welsh, "Bootstrapping clustered data", JRSS-B 2007).
+
+    Args:
+        statistic: ``f(idx int (M,)) -> float`` computing the metric on the rows ``idx``; may return
+            NaN when a resample lacks a class (such resamples are dropped and counted).
+        groups: ``(N,)`` group key of each row.
+        n_resamples: bootstrap resamples (>= 1000 for a 95 % interval).
+        seed: NumPy seed.
+        level: coverage of the interval.
+
+    Returns:
+        ``{"estimate", "low", "high", "level", "resamples", "dropped"}``; ``estimate`` is on all rows.
+    """
+    keys, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(keys))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        pick = rng.integers(0, len(keys), len(keys))
+        v = statistic(np.concatenate([members[g] for g in pick]))
+        if np.isfinite(v):
+            values.append(v)
+    alpha = (1 - level) / 2
+    return {"estimate": float(statistic(np.arange(len(groups)))),
+            "low": float(np.quantile(values, alpha)) if values else float("nan"),
+            "high": float(np.quantile(values, 1 - alpha)) if values else float("nan"),
+            "level": level, "resamples": n_resamples, "dropped": n_resamples - len(values)}

@@ -1,0 +1,282 @@
+"""Export the cross-validated ensemble as ONE ONNX graph (``python -m export.ensemble``).
+
+The graph takes ``uint8 (N, S, S, 3)`` RGB named ``image`` and returns
+
+- ``logits`` ``float32 (N, K)``: the mean over members and test-time views of each member's logits,
+  minus ``tau * log(prior)`` (post-hoc logit adjustment, Menon et al., ICLR 2021); the service applies
+  the manifest's temperature as for any model, so it needs no change;
+- ``ood_score`` ``float32 (N,)``: the out-of-distribution score of :mod:`trainer.ood` (mean over members
+  of Mahalanobis distance / the member's held-out 95th percentile), flagged above 1.0.
+
+Every choice (views, tau, temperature, referral threshold, detector) comes from
+``trainer/results/ensemble/choices.json`` and the ``ood_member<i>.npz`` files written by
+``python -m trainer.ensemble``. The Keras ensemble (each member in Keras, views by NumPy, mean and
+adjustment in NumPy) is compared with the ONNX file as the service runs it on >= 300 real test JPEGs:
+probabilities within 0.01 and the same top class on >= 99.5 %, OOD scores within 1e-3 relative.
+A failed check writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from schemas.manifest import (
+    HAM10000_CLASSES,
+    Calibration,
+    ClassInfo,
+    InputSpec,
+    Manifest,
+    OutOfDistribution,
+    OutputSpec,
+    Referral,
+)
+from service.runtime import sha256_file
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+OOD_OUTPUT = "ood_score"
+OPSET = 17
+#: Largest allowed relative |ood_keras - ood_onnx| / max(1, |ood_keras|).
+MAX_OOD_REL_DIFF = 1e-3
+
+OOD_DESCRIPTION = (
+    "Mahalanobis distance of the image's penultimate features to the nearest class mean of the training "
+    "images (Lee et al., NeurIPS 2018), divided by the distance that 95 % of held-out dermoscopic images stay "
+    "below, averaged over the ensemble members. Higher = less like the dermoscopic training images; above "
+    "the threshold the image is flagged as not recognised as a dermoscopic image."
+)
+
+
+def _detectors(ensemble_dir: Path, n: int) -> list[dict[str, np.ndarray]]:
+    dets = []
+    for i in range(n):
+        with np.load(ensemble_dir / f"ood_member{i}.npz") as z:
+            dets.append({k: z[k] for k in z.files})
+    return dets
+
+
+def convert(models: list, views: list[tuple[int, bool]], offset: np.ndarray, detectors: list[dict],
+            size: int, onnx_path: Path) -> list[str]:
+    """Build the serving ``tf.function`` over the Keras members and convert it with tf2onnx.
+
+    Args:
+        models: Keras member models (logits output, float32 input in 0..255).
+        views: ``(k, flip)`` dihedral views; the first must be the identity (its features feed the guard).
+        offset: ``float32 (K,)`` subtracted from the mean logits (``tau * log(prior)``).
+        detectors: per member ``chol (D, D)``, ``means_proj (K, D)``, ``threshold ()``.
+        size: input height = width, pixels.
+        onnx_path: where to write.
+
+    Returns:
+        The graph's output names (``["logits", "ood_score"]``).
+    """
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    if tuple(views[0]) != (0, False):
+        raise ValueError("the first view must be the identity")
+    extractors = [keras.Model(m.inputs, [m.output, m.get_layer("dropout").input]) for m in models]
+    n_views = len(views)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8, name=INPUT_NAME)])
+    def serve(image):
+        x = tf.cast(image, tf.float32)
+        batch = tf.shape(x)[0]
+        xs = []
+        for k, flip in views:
+            v = tf.image.rot90(x, k) if k else x
+            xs.append(tf.reverse(v, axis=[2]) if flip else v)
+        xv = tf.concat(xs, axis=0) if n_views > 1 else xs[0]
+        logit_sum, ood_sum = 0.0, 0.0
+        for ext, det in zip(extractors, detectors):
+            lg, feat = ext(xv, training=False)
+            logit_sum += tf.reduce_mean(tf.reshape(lg, (n_views, batch, -1)), axis=0)
+            g = tf.matmul(feat[:batch], tf.constant(det["chol"]))
+            mp = tf.constant(det["means_proj"])
+            d = (tf.reduce_sum(g * g, axis=1, keepdims=True) - 2.0 * tf.matmul(g, mp, transpose_b=True)
+                 + tf.reduce_sum(mp * mp, axis=1)[None, :])
+            ood_sum += tf.reduce_min(d, axis=1) / float(det["threshold"])
+        n = float(len(models))
+        return {OUTPUT_NAME: logit_sum / n - tf.constant(offset, tf.float32), OOD_OUTPUT: ood_sum / n}
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=OPSET,
+                                             output_path=str(onnx_path))
+    return [o.name for o in proto.graph.output]
+
+
+def keras_reference(models: list, views: list[tuple[int, bool]], offset: np.ndarray, detectors: list[dict],
+                    images: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """The same ensemble computed the trainer's way (Keras per member, views by NumPy).
+
+    Returns:
+        ``(probabilities float32 (N, K), ood_score float32 (N,))``.
+    """
+    from service.runtime import softmax_with_temperature
+    from trainer.cv import apply_view
+    from trainer.ensemble import member_features
+    from trainer.ood import MahalanobisDetector, ensemble_ood_score
+
+    logits, feats, dets = [], [], []
+    for m, det in zip(models, detectors):
+        logits.append(np.mean([m.predict(apply_view(images, k, f).astype(np.float32), batch_size=64, verbose=0)
+                               for k, f in views], axis=0))
+        feats.append(member_features(m, images))
+        dets.append(MahalanobisDetector(det["chol"], det["means_proj"], float(det["threshold"])))
+    probs = softmax_with_temperature(np.mean(logits, axis=0) - offset, temperature)
+    return probs, ensemble_ood_score(dets, feats)
+
+
+def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str: str, data_dir: Path,
+                    parity_images: int = 300, force: bool = False) -> Manifest:
+    """Write a served model directory for the ensemble described by ``ensemble_dir/choices.json``.
+
+    Raises:
+        ExportError: ``output_dir`` exists without ``force``, or a parity check failed (nothing written).
+    """
+    from export.convert import ExportError
+    from trainer.cv import load_member
+    from trainer.ensemble import resolve_member
+
+    ensemble_dir, output_dir = Path(ensemble_dir), Path(output_dir)
+    if output_dir.exists() and not force:
+        raise ExportError(f"{output_dir} exists; pass --force to replace it")
+    choices = json.loads((ensemble_dir / "choices.json").read_text())
+    report = json.loads((ensemble_dir / "report.json").read_text())
+    members = [resolve_member(p) for p in choices["members"]]
+    models = [load_member(p) for p in members]
+    member_cfgs = [json.loads((p / "member.json").read_text())["config"] for p in members]
+    size = int(member_cfgs[0]["image_size"])
+    resize = member_cfgs[0].get("resize_method", "bilinear")
+    views = [tuple(v) for v in choices["views"]]
+    offset = (choices["tau"] * np.log(np.asarray(choices["prior"]))).astype(np.float32)
+    detectors = _detectors(ensemble_dir, len(members))
+    ref = choices["referral"]
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=output_dir.parent))
+    try:
+        outputs = convert(models, views, offset, detectors, size, tmp / "model.onnx")
+        if outputs[0] != OUTPUT_NAME or OOD_OUTPUT not in outputs:
+            raise ExportError(f"unexpected ONNX outputs {outputs}")
+        ood_eval = {k: v for k, v in choices["ood"].items() if k not in ("method", "threshold")}
+        manifest = Manifest(
+            name=name, version=version_str, created_at=datetime.now(timezone.utc),
+            sha256=sha256_file(tmp / "model.onnx"),
+            classes=[ClassInfo(code=c, name=n) for c, n in HAM10000_CLASSES.items()],
+            input=InputSpec(name=INPUT_NAME, height=size, width=size, dtype="uint8", resize_method=resize),
+            output=OutputSpec(name=OUTPUT_NAME),
+            calibration=Calibration(method="temperature", temperature=choices["temperature"], fitted_on="out-of-fold"),
+            referral=Referral(
+                malignant_probability_threshold=round(ref["malignant_probability_threshold"], 4),
+                min_top_probability=0.5 if ref["keep_low_confidence_reason"] else 0.0,
+                chosen_on="out-of-fold predictions of the train + val pool",
+                target_sensitivity=ref["target_sensitivity"], validation_sensitivity=ref["oof_sensitivity"],
+                validation_specificity=ref["oof_specificity"]),
+            ood=OutOfDistribution(output=OOD_OUTPUT, method="mahalanobis_penultimate_mean_ratio (Lee et al. 2018)",
+                                  threshold=1.0, description=OOD_DESCRIPTION,
+                                  fitted_on="each member's training folds; threshold: 95 % of its held-out fold",
+                                  evaluation=ood_eval),
+            ensemble={"members": len(members), "folds": member_cfgs[0]["folds"], "views": [list(v) for v in views],
+                      "logit_adjustment_tau": choices["tau"], "prior": choices["prior"],
+                      "member_configs": member_cfgs},
+            metrics={"split": "test", "test": report["test"]["metrics"],
+                     "confidence_intervals": report["test"]["confidence_intervals"],
+                     "referral_test": report["test"]["referral"], "cv": report["cv"],
+                     "training_wall_time_seconds": report["training_wall_time_seconds"]},
+            training={"recipe": "lesion-grouped k-fold members (trainer.cv)", "member": member_cfgs[0]},
+        )
+        (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+        parity = check_parity(models, views, offset, detectors, tmp, data_dir, parity_images)
+        manifest.export = {"tf2onnx": version("tf2onnx"), "tensorflow": version("tensorflow"),
+                           "keras": version("keras"), "opset": OPSET, "parity": parity}
+        (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+        for f in ("REPORT.md", "report.json"):
+            if (ensemble_dir / f).exists():
+                shutil.copy2(ensemble_dir / f, tmp / f)
+        tmp.chmod(0o755)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        tmp.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s (sha256 %s)", output_dir, manifest.sha256)
+    return manifest
+
+
+def check_parity(models, views, offset, detectors, model_dir: Path, data_dir: Path, n_images: int) -> dict:
+    """Keras ensemble vs the written ONNX file on ``n_images`` test JPEGs (bytes through the service's
+    preprocessing and :class:`service.runtime.ModelRuntime`).
+
+    Raises:
+        ExportError: probabilities differ by > 0.01, top-1 agreement < 99.5 %, OOD scores differ by more
+            than :data:`MAX_OOD_REL_DIFF` (relative), or no test images.
+    """
+    import onnxruntime as ort
+
+    from export.convert import ExportError
+    from export.parity import MAX_ABS_DIFF, MIN_TOP1_AGREEMENT
+    from service.preprocessing import preprocess_bytes
+    from service.runtime import ModelRuntime
+    from trainer.data import read_labels, select_rows
+
+    runtime = ModelRuntime(model_dir, providers=["CPUExecutionProvider"])
+    rows = select_rows(read_labels(Path(data_dir)), "test", None, 0)[:n_images]
+    if not rows:
+        raise ExportError(f"no test-split images in {data_dir} for the parity check")
+    images = np.stack([preprocess_bytes((Path(data_dir) / r["filename"]).read_bytes(), runtime.spec) for r in rows])
+    p_keras, ood_keras = keras_reference(models, views, offset, detectors, images,
+                                         runtime.manifest.calibration.temperature)
+    p_onnx = np.concatenate([runtime.predict_proba(images[i:i + 32]) for i in range(0, len(images), 32)])
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    ood_onnx = np.concatenate([sess.run([OOD_OUTPUT], {INPUT_NAME: images[i:i + 32]})[0]
+                               for i in range(0, len(images), 32)])
+    max_diff = float(np.abs(p_keras - p_onnx).max())
+    agree = float((p_keras.argmax(1) == p_onnx.argmax(1)).mean())
+    ood_rel = float((np.abs(ood_keras - ood_onnx) / np.maximum(1.0, np.abs(ood_keras))).max())
+    flag_agree = float(((ood_keras > 1.0) == (ood_onnx > 1.0)).mean())
+    result = {"images": len(rows), "max_abs_diff": max_diff, "top1_agreement": agree,
+              "ood_max_rel_diff": ood_rel, "ood_flag_agreement": flag_agree,
+              "thresholds": {"max_abs_diff": MAX_ABS_DIFF, "min_top1_agreement": MIN_TOP1_AGREEMENT,
+                             "ood_max_rel_diff": MAX_OOD_REL_DIFF}}
+    print(f"ensemble parity on {len(rows)} test images: max |p_keras - p_onnx| = {max_diff:.2e}, top-1 agreement "
+          f"{agree:.4f}, OOD max rel diff {ood_rel:.2e}", flush=True)
+    if max_diff > MAX_ABS_DIFF or agree < MIN_TOP1_AGREEMENT or ood_rel > MAX_OOD_REL_DIFF:
+        raise ExportError(f"parity check failed on {len(rows)} images: {result}; nothing written")
+    return result
+
+
+def main(ensemble_dir: Path = Path("trainer/results/ensemble"), output: Path = Path("models/default"),
+         name: str = "dermserve-ham10000", version: str = "2.0.0", data_dir: Path | None = None,
+         parity_images: int = 300, force: bool = False) -> None:
+    """Convert the ensemble (tf2onnx), check parity end to end, write model.onnx + manifest.json."""
+    import sys
+
+    import typer
+
+    from export.convert import ExportError
+    from trainer.config import DEFAULT_DATA_DIR
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        m = export_ensemble(ensemble_dir, output, name, version, data_dir or DEFAULT_DATA_DIR, parity_images, force)
+    except ExportError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from exc
+    print(f"wrote {output} ({m.name} {m.version}, sha256 {m.sha256[:12]}...)")
+
+
+if __name__ == "__main__":
+    import typer
+
+    typer.run(main)

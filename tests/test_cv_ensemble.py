@@ -1,0 +1,198 @@
+"""The cross-validated ensemble: folds, augmentation, choices, OOD detector, and the whole path
+(2-fold tiny members -> trainer.ensemble -> export.ensemble with parity -> the service serves it).
+
+The end-to-end part trains two members on a few dozen real HAM10000 images at 64 px for one epoch: it
+proves the path works, not that the model is good (see trainer/results/ensemble/REPORT.md for that).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, _repo_relative, require
+
+HAS_TF = importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("tf2onnx") is not None
+needs_tf = pytest.mark.skipif(not HAS_TF and os.environ.get("CI") != "true",
+                              reason="training extra not installed (pip install -e '.[train,cpu]')")
+
+
+def test_lesion_folds_keep_each_lesion_in_one_fold_and_stratify():
+    from trainer.folds import lesion_folds
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for lesion in range(400):
+        label = "nv" if lesion % 4 else "mel"
+        for _ in range(int(rng.integers(1, 4))):
+            rows.append({"lesion_id": f"L{lesion}", "label": label})
+    fold = lesion_folds(rows, 4, seed=1)
+    assert set(fold.tolist()) == {0, 1, 2, 3}
+    by_lesion: dict[str, set[int]] = {}
+    for r, f in zip(rows, fold):
+        by_lesion.setdefault(r["lesion_id"], set()).add(int(f))
+    assert all(len(v) == 1 for v in by_lesion.values())
+    mel_share = [np.mean([r["label"] == "mel" for r, f in zip(rows, fold) if f == k]) for k in range(4)]
+    assert max(mel_share) - min(mel_share) < 0.08
+    with pytest.raises(ValueError):
+        lesion_folds(rows, 1, seed=1)
+
+
+@needs_tf
+def test_batch_dihedral_matches_numpy_views():
+    import tensorflow as tf
+
+    from trainer.augment import dihedral
+    from trainer.cv import VIEWS, apply_view
+
+    x = np.arange(2 * 5 * 5 * 3, dtype=np.float32).reshape(2, 5, 5, 3)
+    for k, flip in VIEWS:
+        got = dihedral(tf.constant(x), tf.constant([k, k], tf.int32), tf.constant([flip, flip])).numpy()
+        np.testing.assert_array_equal(got, apply_view(x, k, flip))
+    assert len({apply_view(x, k, f).tobytes() for k, f in VIEWS}) == 8
+
+
+@needs_tf
+def test_batch_augment_keeps_range_shape_and_is_reproducible():
+    import tensorflow as tf
+
+    from trainer.augment import make_batch_augment
+
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32))
+    aug = make_batch_augment(seed=3)
+    a, _ = aug(tf.constant(5, tf.int64), x, None)
+    b, _ = aug(tf.constant(5, tf.int64), x, None)
+    c, _ = aug(tf.constant(6, tf.int64), x, None)
+    assert a.shape == x.shape and float(tf.reduce_min(a)) >= 0 and float(tf.reduce_max(a)) <= 255
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.allclose(a.numpy(), c.numpy())
+
+
+def test_threshold_for_sensitivity_and_bootstrap():
+    from trainer.metrics import bootstrap_ci, sensitivity_specificity, threshold_for_sensitivity
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    positive = np.array([1, 1, 0, 1, 0, 1, 0, 0, 1, 0], bool)
+    t = threshold_for_sensitivity(scores, positive, 0.8)
+    assert t == 0.4  # four of five positives are >= 0.4
+    sens, spec = sensitivity_specificity(scores >= t, positive)
+    assert sens == 0.8 and spec == 0.6
+    groups = np.repeat(np.arange(50), 2)
+    values = np.r_[np.zeros(50), np.ones(50)]
+    ci = bootstrap_ci(lambda i: float(values[i].mean()), groups, n_resamples=200, seed=0)
+    assert ci["low"] < ci["estimate"] < ci["high"] and ci["resamples"] == 200
+
+
+def test_mahalanobis_detector_separates_far_points():
+    from trainer.ood import MahalanobisDetector
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 3, (3, 16))
+    labels = rng.integers(0, 3, 600)
+    feats = means[labels] + rng.normal(0, 1, (600, 16))
+    det = MahalanobisDetector.fit(feats, labels, 3)
+    held = means[rng.integers(0, 3, 200)] + rng.normal(0, 1, (200, 16))
+    det.calibrate(held, keep=0.95)
+    assert 0.9 <= float((det.ratio(held) <= 1.0).mean()) <= 1.0
+    far = rng.normal(0, 1, (50, 16)) + 20.0
+    assert (det.ratio(far) > 1.0).all()
+    # the Cholesky form equals the textbook distance
+    prec = det.chol.astype(np.float64) @ det.chol.T.astype(np.float64)
+    mu = np.linalg.solve(det.chol.T.astype(np.float64), det.means_proj.T.astype(np.float64)).T
+    direct = min(float((held[0] - m) @ prec @ (held[0] - m)) for m in mu)
+    assert abs(direct - float(det.distance(held[:1])[0])) / direct < 1e-3
+
+
+def test_ood_set_is_built_by_code_and_large_enough():
+    pytest.importorskip("skimage")
+    from trainer.oodset import build_ood_set
+
+    images = build_ood_set()
+    assert len(images) >= 40
+    assert len({i.name for i in images}) == len(images)
+    cats = {i.category for i in images}
+    assert {"photo", "ct", "mr", "ultrasound", "document", "screenshot", "blank", "noise", "test_pattern"} <= cats
+    assert all(i.png[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+
+
+# ------------------------------------------------------------------ end to end (real data, slow)
+WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(tmp_path_factory, ham_dir: Path) -> Path:
+    require(HAS_TF, "training extra not installed (pip install -e '.[train,cpu]')")
+    weights = _repo_relative(os.environ.get("DERMSERVE_WEIGHTS_DIR", "../shared/weights")) / WEIGHTS
+    require(weights.is_file(), f"ImageNet MobileNetV2 weights not found at {weights} (set DERMSERVE_WEIGHTS_DIR)")
+    work = tmp_path_factory.mktemp("cv")
+    for fold in (0, 1):
+        _run(["-m", "trainer.cv", "--fold", str(fold), "--folds", "2", "--output-dir", str(work / "members" / f"fold{fold}"),
+              "--set", f"data_dir={ham_dir}", f"weights={weights}", "image_size=64", "limit_per_split=40",
+              "finetune_epochs=1", "batch_size=16", "cache_dir=" + str(work / "cache")], timeout=600)
+    _run(["-m", "trainer.ensemble", "--members", str(work / "members"), "--out", str(work / "ensemble"),
+          "--resamples", "100"], timeout=600)
+    _run(["-m", "export.ensemble", "--ensemble-dir", str(work / "ensemble"), "--output", str(work / "model"),
+          "--name", "cv-smoke", "--version", "0.0.1-test", "--data-dir", str(ham_dir), "--parity-images", "40"],
+         timeout=600)
+    return work
+
+
+@pytest.mark.slow
+def test_members_write_oof_views_and_weights(tiny_ensemble: Path):
+    for fold in (0, 1):
+        d = tiny_ensemble / "members" / f"fold{fold}"
+        info = json.loads((d / "member.json").read_text())
+        assert info["fold"] == fold and info["folds"] == 2
+        oof = np.load(d / "oof.npz")
+        assert oof["logits"].shape == (8, info["n_held_out"], 7)
+        assert (d / "weights.npz").stat().st_size > 100_000
+    a = set(np.load(tiny_ensemble / "members/fold0/oof.npz")["image_ids"])
+    b = set(np.load(tiny_ensemble / "members/fold1/oof.npz")["image_ids"])
+    assert a and b and not a & b
+
+
+@pytest.mark.slow
+def test_report_has_cv_table_ablation_and_intervals(tiny_ensemble: Path):
+    report = json.loads((tiny_ensemble / "ensemble" / "report.json").read_text())
+    assert len(report["cv"]["folds"]) == 2
+    assert len(report["oof"]["ablation"]) == 3 and len(report["test"]["ablation"]) == 4
+    ci = report["test"]["confidence_intervals"]["balanced_accuracy"]
+    assert ci["resamples"] == 100 and ci["low"] <= ci["high"]
+    assert report["ood"]["n_ood_images"] >= 40
+    md = (tiny_ensemble / "ensemble" / "REPORT.md").read_text()
+    assert "Cross-validation" in md and "95 % CI" in md
+
+
+@pytest.mark.slow
+def test_exported_ensemble_has_guard_parity_and_is_served(tiny_ensemble: Path, server_factory, test_images):
+    from service.runtime import sha256_file
+
+    model = tiny_ensemble / "model"
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["sha256"] == sha256_file(model / "model.onnx")
+    assert manifest["ood"]["output"] == "ood_score" and manifest["ood"]["threshold"] == 1.0
+    assert manifest["ensemble"]["members"] == 2
+    parity = manifest["export"]["parity"]
+    assert parity["images"] == 40 and parity["max_abs_diff"] <= 0.01 and parity["top1_agreement"] >= 0.995
+    assert parity["ood_max_rel_diff"] <= 1e-3
+    server = server_factory(model=model)
+    paths = test_images(2)
+    r = httpx.post(server.base_url + "/predict", timeout=60,
+                   files=[("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths])
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == {"name": "cv-smoke", "version": "0.0.1-test"}

@@ -1,0 +1,67 @@
+"""``REPORT.md`` of the cross-validated ensemble, written from ``report.json`` (see :mod:`trainer.ensemble`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_COLS = ("balanced_accuracy", "accuracy", "macro_roc_auc_ovr", "melanoma_sensitivity", "malignant_vs_benign_roc_auc",
+         "ece_15")
+
+
+def _f(v, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _table(rows: dict[str, dict]) -> list[str]:
+    out = ["| | " + " | ".join(c.replace("_", " ") for c in _COLS) + " |", "|---|" + "---:|" * len(_COLS)]
+    out += [f"| {name} | " + " | ".join(_f(r.get(c)) for c in _COLS) + " |" for name, r in rows.items()]
+    return out
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    """Render the CV table, the OOF and test ablations, the test metrics with 95 % CIs, the referral
+    rule and the OOD guard as Markdown."""
+    ch, cv, oof, test = report["choices"], report["cv"], report["oof"], report["test"]
+    lines = ["# Cross-validated ensemble: report", "",
+             f"Members: {len(ch['members'])} (lesion-grouped {len(cv['folds'])}-fold CV over train + val). "
+             f"Chosen on out-of-fold data: TTA views {len(ch['view_indices'])}, logit adjustment tau {ch['tau']}, "
+             f"temperature {ch['temperature']:.3f}, referral threshold "
+             f"{ch['referral']['malignant_probability_threshold']:.3f}.", "",
+             "## Cross-validation (held-out fold of each member)", "",
+             "| fold | held-out images | balanced accuracy | with TTA |", "|---:|---:|---:|---:|"]
+    lines += [f"| {r['fold']} | {r['n_held_out']} | {_f(r['balanced_accuracy'])} | {_f(r['balanced_accuracy_tta'])} |"
+              for r in cv["folds"]]
+    lines += ["", f"Mean ± sd: **{_f(cv['balanced_accuracy_mean'])} ± {_f(cv['balanced_accuracy_sd'])}**.", "",
+              f"## Ablation on out-of-fold predictions ({oof['n']} pool images; temperature refitted per row)", ""]
+    lines += _table(oof["ablation"])
+    lines += ["", "OOF balanced accuracy per TTA view set: " +
+              ", ".join(f"{k} views {_f(v)}" for k, v in oof["view_sets_balanced_accuracy"].items()) + ".", "",
+              f"## Ablation on the test split ({test['n']} images; reported only, chose nothing)", ""]
+    lines += _table(test["ablation"])
+    lines += ["", "## Test split, served configuration, 95 % lesion-bootstrap confidence intervals", "",
+              "| metric | estimate | 95 % CI |", "|---|---:|---|"]
+    for k, ci in test["confidence_intervals"].items():
+        lines.append(f"| {k.replace('_', ' ')} | {_f(ci['estimate'])} | {_f(ci['low'])} – {_f(ci['high'])} |")
+    r = ch["referral"]
+    lines += ["", "## Referral rule", "",
+              f"Refer when P(mel)+P(bcc)+P(akiec) ≥ {r['malignant_probability_threshold']:.3f}, chosen on OOF data for "
+              f"malignant sensitivity ≥ {r['target_sensitivity']:.2f} (OOF sensitivity {_f(r['oof_sensitivity'])}, "
+              f"specificity {_f(r['oof_specificity'])}). Test: sensitivity {_f(test['referral']['sensitivity'])}, "
+              f"specificity {_f(test['referral']['specificity'])}.",
+              f"Adding the low-confidence reason (top-1 < 0.5) at the same OOF sensitivity gives OOF specificity "
+              f"{_f(r['with_low_confidence_reason']['oof_specificity'])}: "
+              + ("kept." if r["keep_low_confidence_reason"] else "dropped (it adds referrals without adding sensitivity).")]
+    ood = report.get("ood")
+    if ood:
+        lines += ["", "## Out-of-distribution guard", "",
+                  f"{ood['method']}: AUROC {_f(ood['auroc'])} ({ood['n_ood_images']} non-dermoscopic images vs "
+                  f"{ood['n_test_images']} test images); flagged at the threshold: {_f(ood['ood_flagged_share'])} of the "
+                  f"OOD set, {_f(ood['test_flagged_share'])} of the test split. For comparison, AUROC of the energy score "
+                  f"{_f(ood['comparison_auroc']['energy'])}, of the maximum softmax probability "
+                  f"{_f(ood['comparison_auroc']['max_softmax_probability'])}.", "",
+                  "| image | category | score | flagged |", "|---|---|---:|---|"]
+        lines += [f"| {p['name']} | {p['category']} | {p['ood_score']:.2f} | {'yes' if p['flagged'] else '**no**'} |"
+                  for p in ood["per_image"]]
+    lines += ["", "Training wall time per member (s): " +
+              ", ".join(f"{k} {v}" for k, v in report["training_wall_time_seconds"].items()) + "."]
+    Path(path).write_text("\n".join(lines) + "\n")
