@@ -196,3 +196,29 @@ def test_exported_ensemble_has_guard_parity_and_is_served(tiny_ensemble: Path, s
                    files=[("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths])
     assert r.status_code == 200, r.text
     assert r.json()["model"] == {"name": "cv-smoke", "version": "0.0.1-test"}
+
+
+@needs_tf
+def test_efficientnet_lite0_reproduces_the_reference_imagenet_predictions():
+    """The weights README's check: chelsea -> Egyptian_cat 0.385, coffee -> espresso 0.940 (224 px,
+    centre square crop, bicubic)."""
+    import skimage
+    from PIL import Image
+
+    from trainer.efficientnet_lite import build_backbone, imagenet_classifier
+
+    npz = _repo_relative(os.environ.get("DERMSERVE_WEIGHTS_DIR", "../shared/weights")) / "efficientnet_lite0_imagenet.npz"
+    require(npz.is_file(), f"EfficientNet-Lite0 weights not found at {npz} (set DERMSERVE_WEIGHTS_DIR)")
+    assert build_backbone(160).count_params() == 3_413_024
+    model = imagenet_classifier(npz)
+    names = json.loads((npz.parent / "imagenet_class_names.json").read_text())
+    for fname, want, p_want in (("chelsea.png", "Egyptian_cat", 0.385), ("coffee.png", "espresso", 0.940)):
+        img = Image.open(Path(skimage.__file__).parent / "data" / fname).convert("RGB")
+        w, h = img.size
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((224, 224), Image.BICUBIC)
+        logits = model.predict(np.asarray(img, np.float32)[None], verbose=0)[0]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        assert names[str(int(p.argmax()))] == want
+        assert abs(float(p.max()) - p_want) < 0.005

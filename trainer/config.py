@@ -34,7 +34,7 @@ class TrainConfig(BaseModel):
 
     data_dir: Path = DEFAULT_DATA_DIR
     output_dir: Path = Path("runs/latest")
-    arch: Literal["mobilenetv2", "simple_cnn"] = "mobilenetv2"
+    arch: Literal["mobilenetv2", "efficientnet_lite0", "simple_cnn"] = "mobilenetv2"
     alpha: float = Field(0.5, description="MobileNetV2 width multiplier")
     weights: Path | None = Field(
         DEFAULT_WEIGHTS_DIR / MOBILENETV2_050_WEIGHTS,

@@ -132,7 +132,7 @@ def run_member(cfg: MemberConfig) -> dict:
 
     n_classes = len(CLASS_CODES)
     model, backbone = build_model(cfg.arch, cfg.image_size, n_classes, cfg.alpha,
-                                  cfg.weights if cfg.arch == "mobilenetv2" else None, cfg.dropout)
+                                  cfg.weights if cfg.arch != "simple_cnn" else None, cfg.dropout)
     cw = class_weights(train.labels, n_classes, cfg.imbalance)
     ds = train_dataset(train, cfg.batch_size, cfg.seed + cfg.fold, cfg.augment, n_classes)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)

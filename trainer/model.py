@@ -14,12 +14,14 @@ def build_model(arch: str, image_size: int, n_classes: int, alpha: float = 0.5,
     """Build an uncompiled Keras model.
 
     Args:
-        arch: ``mobilenetv2`` (Sandler et al., CVPR 2018; ImageNet weights from ``weights``) or
+        arch: ``mobilenetv2`` (Sandler et al., CVPR 2018; ImageNet weights from ``weights``),
+            ``efficientnet_lite0`` (:mod:`trainer.efficientnet_lite`; weights from the ``.npz`` file) or
             ``simple_cnn`` (four Conv-BN-ReLU-MaxPool blocks, the seeds' baseline shape).
         image_size: input height = width in pixels.
         n_classes: output logits.
         alpha: MobileNetV2 width multiplier.
-        weights: path of a Keras Applications no-top ``.h5`` file, or None for random init.
+        weights: path of a Keras Applications no-top ``.h5`` file (``mobilenetv2``) or of
+            ``efficientnet_lite0_imagenet.npz`` (``efficientnet_lite0``), or None for random init.
         dropout: dropout rate before the classifier.
 
     Returns:
@@ -41,6 +43,19 @@ def build_model(arch: str, image_size: int, n_classes: int, alpha: float = 0.5,
         )
         # MobileNetV2 expects [-1, 1] (keras.applications.mobilenet_v2.preprocess_input).
         x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
+        x = backbone(x)
+    elif arch == "efficientnet_lite0":
+        from trainer.efficientnet_lite import build_backbone, load_imagenet_weights
+
+        backbone = build_backbone(image_size)
+        if weights is not None:
+            if Path(weights).suffix != ".npz":
+                raise ValueError(f"efficientnet_lite0 loads its ImageNet weights from an .npz file, got {weights}")
+            if not Path(weights).is_file():
+                raise FileNotFoundError(f"backbone weights not found: {weights}")
+            load_imagenet_weights(backbone, Path(weights))
+        # the TF Lite models' input normalisation: (pixels - 127) / 128
+        x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="normalise")(inputs)
         x = backbone(x)
     elif arch == "simple_cnn":
         backbone = None

@@ -147,7 +147,7 @@ def run(cfg: TrainConfig) -> dict:
     t_data = time.perf_counter() - t0
 
     model, backbone = build_model(cfg.arch, cfg.image_size, len(CLASS_CODES), cfg.alpha,
-                                  cfg.weights if cfg.arch == "mobilenetv2" else None, cfg.dropout)
+                                  cfg.weights if cfg.arch != "simple_cnn" else None, cfg.dropout)
     cw = class_weights(splits["train"].labels, len(CLASS_CODES), cfg.imbalance)
     train_ds = make_dataset(splits["train"], cfg.batch_size, True, cfg.augment, cfg.seed)
     val_ds = make_dataset(splits["val"], cfg.batch_size, False, False, cfg.seed)
