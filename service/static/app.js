@@ -199,6 +199,17 @@
     n.querySelector(".top-prob").textContent = pct(pred.probability);
     n.dataset.label = pred.label;
 
+    const ood = !!pred.out_of_distribution;
+    n.dataset.ood = String(ood);
+    const oodBox = n.querySelector(".ood-warning");
+    oodBox.hidden = !ood;
+    if (ood) {
+      n.querySelector(".ood-score").textContent =
+        typeof pred.ood_score === "number" ? pred.ood_score.toFixed(2) : "n/a";
+      const oodThr = model && model.ood ? model.ood.threshold : null;
+      n.querySelector(".ood-threshold").textContent = typeof oodThr === "number" ? oodThr.toFixed(2) : "n/a";
+    }
+
     const ref = n.querySelector(".referral");
     const reasons = n.querySelector(".referral-reasons");
     reasons.textContent = "";
@@ -214,6 +225,8 @@
         li.textContent = "Malignant probability " + pct(pred.malignant_probability) +
           " is at or above the referral threshold" +
           (thr ? " of " + pct(thr.malignant_probability_threshold) : "") + ".";
+      } else if (r === "out_of_distribution") {
+        li.textContent = "The image was not recognised as a dermoscopic image; the model's answer does not apply to it.";
       } else if (r === "top_probability_below_minimum") {
         li.textContent = "The model is uncertain: the top class probability " + pct(pred.probability) +
           " is below the minimum" + (thr ? " of " + pct(thr.min_top_probability) : "") + ".";
