@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
+import pydicom.config
 from PIL import Image
 from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder, pixel_array
@@ -139,11 +140,17 @@ def _silence_pydicom() -> None:
     """Keep pydicom's diagnostics out of the service's logs: they may quote element values.
 
     pydicom logs through the ``pydicom`` logger *and* ``warnings.warn`` (``misc.warn_and_log``),
-    e.g. "Invalid value for VR PN: ...". The logger is detached from the root logger (a
-    ``NullHandler`` stays attached), and warnings raised from pydicom's modules are ignored. Both
-    are process-wide and set once at import (``warnings.catch_warnings`` is not thread-safe, and
-    decoding runs in a thread pool). Nothing else in the service uses pydicom.
+    e.g. "Invalid value for VR UI: '...'". Three process-wide settings, made once at import
+    (``warnings.catch_warnings`` is not thread-safe, and decoding runs in a thread pool):
+    pydicom's reading validation is switched off (``IGNORE``: the only warnings that quote
+    values are validation warnings), its logger is detached from the root logger (a
+    ``NullHandler`` stays attached), and warnings raised from pydicom's modules are ignored
+    (a filter that a later ``catch_warnings`` block, e.g. pytest's, may drop; the first two
+    settings do not depend on it). Nothing else in the service uses pydicom.
     """
+    # Validation warnings on reading are the ones that quote values ("Invalid value for VR UI:
+    # '...'"): switch reading validation off (this module only reads).
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom_log = logging.getLogger("pydicom")
     pydicom_log.propagate = False
     if not pydicom_log.handlers:
@@ -377,11 +384,16 @@ def _decode_dataset(
     ds: pydicom.Dataset, refs: DicomRefs, *, max_pixels: int, spec: PreprocessSpec | None
 ) -> tuple[np.ndarray, str, str, str]:
     """Checks in the order a caller can act on, then the decode. Raises :class:`_Fail`."""
+    file_meta = getattr(ds, "file_meta", None)
+    ts = _clean_uid(file_meta.get("TransferSyntaxUID") if file_meta is not None else None)
+    if ts is None:
+        raise _Fail(REASON_INVALID, "the file meta information has no valid Transfer Syntax UID")
     sop_name = _uid_name(refs.sop_class_uid)
     if not any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
         raise _Fail(REASON_NO_PIXEL_DATA, f"the DICOM object has no pixel data (SOP class: {sop_name})")
     if "PixelData" not in ds:  # Float / Double Float Pixel Data: parametric maps, not photographs
-        raise _Fail(REASON_UNSUPPORTED_MODALITY, f"floating-point pixel data is not a photograph (SOP class: {sop_name})")
+        raise _Fail(REASON_UNSUPPORTED_MODALITY,
+                    f"floating-point pixel data is not a photograph (SOP class: {sop_name})")
     if refs.sop_class_uid is None:
         raise _Fail(REASON_INVALID, "the DICOM object has no valid SOP Class UID")
     if refs.sop_class_uid not in PHOTOGRAPHIC_SOP_CLASSES:
@@ -396,10 +408,6 @@ def _decode_dataset(
             f"Secondary Capture of modality {refs.modality} is not a skin photograph",
         )
 
-    file_meta = getattr(ds, "file_meta", None)
-    ts = _clean_uid(file_meta.get("TransferSyntaxUID") if file_meta is not None else None)
-    if ts is None:
-        raise _Fail(REASON_INVALID, "the file meta information has no valid Transfer Syntax UID")
     if ts not in SUPPORTED_TRANSFER_SYNTAXES:
         raise _Fail(REASON_UNSUPPORTED_TRANSFER_SYNTAX, f"transfer syntax '{_uid_name(ts)}' is not supported")
     if ts not in _NATIVE_SYNTAXES and not get_decoder(UID(ts)).is_available:
