@@ -544,6 +544,13 @@ def test_corrupt_and_truncated_bytes(vlp):
     assert refusal(data[:132]).reason in ("dicom_invalid", "dicom_no_pixel_data")
     for fraction in (0.2, 0.5, 0.8, 0.95, 0.99):
         refusal(data[: int(len(data) * fraction)])
+    # A frame whose entropy-coded data stops a third of the way in, inside an intact DICOM
+    # structure: refused like the truncated JPEG it is (with an EOI marker appended, Pillow -- and
+    # so the service's JPEG path -- would instead return the grey-filled partial image).
+    ds = pydicom.dcmread(io.BytesIO(data))
+    frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+    ds.PixelData = pydicom.encaps.encapsulate([frame[: len(frame) // 3]])
+    assert refusal(to_bytes(ds)).reason == "dicom_invalid"
 
 
 def test_mutated_bytes_never_crash(vlp):
@@ -560,6 +567,7 @@ def test_mutated_bytes_never_crash(vlp):
             decoded = decode_dicom(bytes(mutated))
         except DicomDecodeError as exc:
             outcomes[exc.reason] = outcomes.get(exc.reason, 0) + 1
+            assert exc.reason in DICOM_REASONS
             assert_no_secrets(exc.detail)
         else:
             outcomes["ok"] = outcomes.get("ok", 0) + 1

@@ -375,7 +375,11 @@ def _decode(data: bytes, *, max_pixels: int, spec: PreprocessSpec | None) -> Dec
     except _Fail as fail:
         raise DicomDecodeError(fail.reason, fail.detail, refs.uids()) from None
     except ImageDecodeError as exc:  # from decode_image on the JPEG frame: its text is patient-free
-        raise DicomDecodeError(exc.reason, exc.detail, refs.uids()) from None
+        if exc.reason in ("too_many_pixels", "too_small", "bad_aspect_ratio"):
+            raise DicomDecodeError(exc.reason, exc.detail, refs.uids()) from None
+        raise DicomDecodeError(
+            REASON_INVALID, "the encapsulated JPEG frame is truncated or corrupt", refs.uids()
+        ) from None
     return DecodedDicom(pixels=pixels, refs=refs, transfer_syntax_uid=ts,
                         photometric_interpretation=photometric, decoder=decoder)
 
