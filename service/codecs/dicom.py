@@ -380,6 +380,10 @@ def _decode(data: bytes, *, max_pixels: int, spec: PreprocessSpec | None) -> Dec
         raise DicomDecodeError(
             REASON_INVALID, "the encapsulated JPEG frame is truncated or corrupt", refs.uids()
         ) from None
+    except Exception as exc:  # anything else a malformed header can provoke: refuse this image only
+        raise DicomDecodeError(
+            REASON_INVALID, f"the DICOM object could not be decoded ({type(exc).__name__})", refs.uids()
+        ) from None
     return DecodedDicom(pixels=pixels, refs=refs, transfer_syntax_uid=ts,
                         photometric_interpretation=photometric, decoder=decoder)
 
