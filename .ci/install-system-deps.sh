@@ -8,6 +8,9 @@
 # Playwright from the `ui-test` extra (`playwright install` cannot download browsers here).
 # Also Debian's postgresql (server binaries only; no cluster is created or started) for the
 # shared-job-queue test (tests/test_jobs.py), which runs its own initdb/pg_ctl in a temp dir.
+# Also Debian's dcmtk (img2dcm, dcmj2pnm, dcmcjpeg, dcmcrle, dcmcjpls, dcmconv ...) and dicom3tools
+# (dciodvfy) for the DICOM decoder tests (tests/test_dicom_codec.py): real DICOM objects made and
+# checked by tools nobody here wrote.
 # Only what is missing is installed.
 set -eu
 
@@ -31,6 +34,16 @@ if [ -n "$PG_INITDB" ]; then
 else
     set -- "$@" postgresql
 fi
+if command -v img2dcm >/dev/null 2>&1 && command -v dcmj2pnm >/dev/null 2>&1; then
+    echo "install-system-deps: dcmtk present: $(img2dcm --version 2>/dev/null | head -n 1 || echo '?')"
+else
+    set -- "$@" dcmtk
+fi
+if command -v dciodvfy >/dev/null 2>&1; then
+    echo "install-system-deps: dicom3tools present: $(command -v dciodvfy)"
+else
+    set -- "$@" dicom3tools
+fi
 if [ "$#" -eq 0 ]; then
     exit 0
 fi
@@ -47,3 +60,5 @@ $SUDO apt-get install -y -qq --no-install-recommends "$@"
 docker-compose version
 /usr/bin/chromium --version
 ls /usr/lib/postgresql/*/bin/initdb
+img2dcm --version | head -n 1
+command -v dciodvfy
