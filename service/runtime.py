@@ -3,17 +3,24 @@
 Knows about onnxruntime, execution providers, threads and the model directory; knows nothing
 about HTTP, queues or batching. Loading verifies the sha256 of ``model.onnx`` against the
 manifest, so a corrupt or swapped file is never served.
+
+A batch call (:meth:`ModelRuntime.predict`) returns a :class:`~service.outputs.ModelOutput`: the
+calibrated probabilities, plus every *extra* graph output the runtime was asked for (e.g. an
+out-of-distribution score ``float32 (B,)``), so that a second output reaches the answers without
+changing the batcher or the data plane.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from schemas.manifest import Manifest
+from service.outputs import ModelOutput
 from service.preprocessing import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -74,7 +81,8 @@ class ModelRuntime:
 
     def __init__(self, model_dir: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                  inter_op_threads: int = 1, max_image_pixels: int | None = None,
-                 allow_spinning: bool = True, force_spinning_stop: bool = False) -> None:
+                 allow_spinning: bool = True, force_spinning_stop: bool = False,
+                 extra_outputs: Sequence[str] = ()) -> None:
         """Load and verify a model directory.
 
         Args:
@@ -91,10 +99,12 @@ class ModelRuntime:
                 returns (onnxruntime's ``session.force_spinning_stop``): threads busy-wait only
                 between the operators of one call (no wake-up latency per operator) and sleep
                 between calls.
+            extra_outputs: names of further graph outputs, each ``float32 (B,)`` or ``(B, 1)``,
+                returned in :attr:`ModelOutput.extras` (e.g. an OOD score named by the manifest).
 
         Raises:
             ModelLoadError: missing files, invalid manifest, sha256 mismatch, or a graph whose
-                input/output does not match the manifest.
+                input/outputs do not match the manifest.
         """
         import onnxruntime as ort
 
@@ -135,6 +145,11 @@ class ModelRuntime:
             raise ModelLoadError(f"graph output shape {out.shape} does not match the manifest's {len(m.classes)} classes")
         if list(inp.shape[1:]) != [m.input.height, m.input.width, m.input.channels]:
             raise ModelLoadError(f"graph input shape {inp.shape} does not match the manifest's input size")
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        missing = [name for name in extra_outputs if name not in graph_outputs]
+        if missing:
+            raise ModelLoadError(f"graph has no output {missing}; its outputs are {sorted(graph_outputs)}")
+        self.extra_outputs: tuple[str, ...] = tuple(extra_outputs)
         self.input_dtype = np.uint8 if m.input.dtype == "uint8" else np.float32
         self.spec = PreprocessSpec(
             height=m.input.height, width=m.input.width, resize_method=m.input.resize_method,
@@ -164,6 +179,22 @@ class ModelRuntime:
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities float32 ``(B, K)`` for a batch (see :meth:`run_logits`)."""
         return softmax_with_temperature(self.run_logits(batch), self.manifest.calibration.temperature)
+
+    def predict(self, batch: np.ndarray) -> ModelOutput:
+        """One graph call: calibrated probabilities ``float32 (B, K)`` plus each extra output ``float32 (B,)``.
+
+        Args:
+            batch: ``(B, H, W, 3)`` RGB in 0..255 (see :meth:`run_logits`).
+        """
+        if not self.extra_outputs:
+            return ModelOutput(self.predict_proba(batch))
+        if batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
+        logits, *extras = self.session.run([self.manifest.output.name, *self.extra_outputs],
+                                           {self.manifest.input.name: batch})
+        probs = softmax_with_temperature(logits, self.manifest.calibration.temperature)
+        return ModelOutput(probs, {name: np.asarray(v, dtype=np.float32).reshape(len(batch))
+                                   for name, v in zip(self.extra_outputs, extras)})
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run the graph once per batch size on zeros so the first real request is not slow."""
