@@ -54,6 +54,15 @@ def load_manifest(model_dir: Path) -> Manifest:
         raise ModelLoadError(f"invalid manifest {path}: {exc}") from exc
 
 
+def manifest_extra_outputs(manifest: Manifest) -> tuple[str, ...]:
+    """The graph outputs besides the logits that the manifest names, each ``float32 (B,)``.
+
+    None yet: this is where an out-of-distribution score named by the manifest (``ood.output``)
+    joins :attr:`ModelOutput.extras`.
+    """
+    return ()
+
+
 def softmax_with_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Calibrated probabilities ``softmax(logits / temperature)`` along the last axis.
 
@@ -82,7 +91,7 @@ class ModelRuntime:
     def __init__(self, model_dir: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                  inter_op_threads: int = 1, max_image_pixels: int | None = None,
                  allow_spinning: bool = True, force_spinning_stop: bool = False,
-                 extra_outputs: Sequence[str] = ()) -> None:
+                 extra_outputs: Sequence[str] | None = None) -> None:
         """Load and verify a model directory.
 
         Args:
@@ -100,7 +109,7 @@ class ModelRuntime:
                 between the operators of one call (no wake-up latency per operator) and sleep
                 between calls.
             extra_outputs: names of further graph outputs, each ``float32 (B,)`` or ``(B, 1)``,
-                returned in :attr:`ModelOutput.extras` (e.g. an OOD score named by the manifest).
+                returned in :attr:`ModelOutput.extras`; None = :func:`manifest_extra_outputs`.
 
         Raises:
             ModelLoadError: missing files, invalid manifest, sha256 mismatch, or a graph whose
@@ -145,11 +154,11 @@ class ModelRuntime:
             raise ModelLoadError(f"graph output shape {out.shape} does not match the manifest's {len(m.classes)} classes")
         if list(inp.shape[1:]) != [m.input.height, m.input.width, m.input.channels]:
             raise ModelLoadError(f"graph input shape {inp.shape} does not match the manifest's input size")
+        self.extra_outputs = tuple(manifest_extra_outputs(m) if extra_outputs is None else extra_outputs)
         graph_outputs = {o.name for o in self.session.get_outputs()}
-        missing = [name for name in extra_outputs if name not in graph_outputs]
+        missing = [name for name in self.extra_outputs if name not in graph_outputs]
         if missing:
             raise ModelLoadError(f"graph has no output {missing}; its outputs are {sorted(graph_outputs)}")
-        self.extra_outputs: tuple[str, ...] = tuple(extra_outputs)
         self.input_dtype = np.uint8 if m.input.dtype == "uint8" else np.float32
         self.spec = PreprocessSpec(
             height=m.input.height, width=m.input.width, resize_method=m.input.resize_method,

@@ -142,8 +142,8 @@ async def _multipart_images(request: Request, max_images: int, max_field_bytes: 
         elif part.filename is not None:
             images.append(EncodedImage(data=part.data, id=part.filename or None))
         else:
-            images.append(EncodedImage(error=("not_a_file", "the 'images' part is a text field, not a file part "
-                                              "(use a filename in Content-Disposition)")))
+            images.append(EncodedImage(error=("not_a_file", ("the 'images' part is a text field, not a file part "
+                                                             "(use a filename in Content-Disposition)"))))
     return ImageBody(images, others)
 
 
