@@ -46,6 +46,16 @@ mel, nv, vasc), temperature-calibrated probabilities and a referral recommendati
 """
 
 
+_TAGS = [
+    {"name": "predict", "description": "classify images"},
+    {"name": "jobs", "description": "asynchronous jobs: submit a study, collect the results later"},
+    {"name": "model", "description": "the served model"},
+    {"name": "health", "description": "liveness and readiness (no authentication)"},
+    {"name": "open inference protocol", "description": "KServe / Triton V2 REST protocol"},
+    {"name": "metrics", "description": "Prometheus"},
+]
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback IP addresses (``127.0.0.0/8``, ``::1``)."""
     if host == "localhost":
@@ -96,30 +106,23 @@ def create_app(settings: Settings | None = None, build: ComponentsBuilder = buil
                          extra={"event": "draining"})
         log.info("stopped", extra={"event": "stopped"})
 
-    app = FastAPI(
-        title="dermserve",
-        version="0.1.0",
-        description=_DESCRIPTION,
-        lifespan=lifespan,
-        openapi_tags=[
-            {"name": "predict", "description": "classify images"},
-            {"name": "jobs", "description": "asynchronous jobs: submit a study, collect the results later"},
-            {"name": "model", "description": "the served model"},
-            {"name": "health", "description": "liveness and readiness (no authentication)"},
-            {"name": "open inference protocol", "description": "KServe / Triton V2 REST protocol"},
-            {"name": "metrics", "description": "Prometheus"},
-        ],
-    )
+    app = FastAPI(title="dermserve", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan,
+                  openapi_tags=_TAGS)
     app.state.dermserve = state
     install_error_handlers(app)
-
     for r in (health.router, predict.router, jobs.router, model.router, v2.open_router, v2.router, metrics.router,
               ui.router):
         app.include_router(r)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _install_middleware(app, settings, state.metrics)
+    _install_openapi(app)
+    return app
 
-    # middleware: the last added is the outermost
+
+def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """CORS (only when origins are configured), the body-size limit, the request context (outermost)."""
+    # the last added is the outermost
     if settings.access.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.access.cors_origins, allow_methods=["GET", "POST"],
@@ -128,10 +131,7 @@ def create_app(settings: Settings | None = None, build: ComponentsBuilder = buil
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_upload_bytes,
                        path_limits={"/jobs": settings.jobs.max_upload_bytes})
-    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
-
-    _install_openapi(app)
-    return app
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
 
 def _install_openapi(app: FastAPI) -> None:

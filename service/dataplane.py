@@ -55,7 +55,7 @@ class DataPlane:
         """Before a body is read: note the interactive request (job batches shrink at once) and refuse
         it with :class:`~service.batching.QueueFullError` when the queue is already full."""
         self.traffic.note()
-        self.batcher.refuse_if_full()
+        self.batcher.admission.check(1, at_least=True)
 
     def check_count(self, n: int) -> None:
         """Raise :class:`NoImagesError` for 0 and :class:`TooManyImagesError` above the limit."""
@@ -81,7 +81,7 @@ class DataPlane:
         n = inputs.total if inputs is not None else len(encoded)
         self.check_count(n)
         deadline = time.monotonic() + self.batcher.request_timeout_s
-        with self.traffic.request(), self.batcher.reserve(n) as room:
+        with self.traffic.request(), self.batcher.admission.reserve(n) as room:
             decoded = await self._within(deadline, self.decoder.decode(encoded)) if encoded else []
             images = inputs.in_order(decoded, DecodedImage) if inputs is not None else decoded
             output = await self._infer(room, images, deadline)

@@ -15,7 +15,7 @@ queues and the model:
   :class:`InferenceError`; the batcher logs it and keeps serving.
 
 The model runs in a single worker thread (one InferenceSession is never called concurrently), so
-the event loop stays free for HTTP while a batch is computed.
+the event loop stays free for HTTP while a batch is computed (:mod:`service.batching.worker`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,15 +32,12 @@ from service.batching.admission import Admission, QueueLimits, Reservation
 from service.batching.errors import BatcherClosed, DeadlineExceeded, InferenceError
 from service.batching.observer import BatcherObserver, BatcherStats
 from service.batching.policy import BatchPolicy
-from service.batching.queue import Item, Request, WaitingImages
-from service.outputs import BatchOut, as_checked
+from service.batching.queue import Item, Request, WaitingImages, image_list
+from service.batching.worker import ModelWorker, RunBatch
+from service.outputs import BatchOut
 from service.traffic import InteractiveTraffic
 
 log = logging.getLogger(__name__)
-
-#: ``run_batch(batch)``: ``batch`` uint8 ``(B, H, W, 3)`` -> a :class:`~service.outputs.ModelOutput`
-#: (or a plain ``ndarray``) with ``B`` rows.
-RunBatch = Callable[[np.ndarray], BatchOut]
 
 #: Priorities accepted by :meth:`DynamicBatcher.submit`.
 INTERACTIVE = "interactive"
@@ -60,9 +56,11 @@ class DynamicBatcher:
             reservations in bytes.
         observer: metrics hooks.
         traffic: interactive traffic (its activity shrinks the background share); default a new one.
-        inline_when_idle: run a lone one-image batch that arrives when the batcher is idle on the
-            event loop itself instead of the worker thread (saves a thread round trip; blocks the
-            loop for one model call).
+        inline_when_idle: see :class:`~service.batching.worker.ModelWorker`.
+
+    Attributes:
+        admission: the admission control (:mod:`service.batching.admission`): ``reserve(n)`` before
+            decoding, ``check(n)``; refusals raise :class:`QueueFullError` with a Retry-After estimate.
     """
 
     def __init__(self, run_batch: RunBatch, policy: BatchPolicy | None = None, limits: QueueLimits | None = None,
@@ -71,14 +69,13 @@ class DynamicBatcher:
                  inline_when_idle: bool = False) -> None:
         if request_timeout_s <= 0:
             raise ValueError("request_timeout_s must be > 0")
-        self._run_batch = run_batch
+        self.worker = ModelWorker(run_batch, inline_when_idle)
         self.policy = policy or BatchPolicy()
         self.request_timeout_s = request_timeout_s
         self.item_shape = tuple(item_shape) if item_shape is not None else None
         self.observer = observer or BatcherObserver()
         self.stats = BatcherStats()
         self.traffic = traffic or InteractiveTraffic()
-        self.inline_when_idle = inline_when_idle
         self.waiting = WaitingImages()
         item_bytes = math.prod(self.item_shape) if self.item_shape else 0
         self.admission = Admission(limits or QueueLimits(), self.policy.max_batch_size, item_bytes, self.waiting,
@@ -86,7 +83,6 @@ class DynamicBatcher:
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None  # set when nothing is queued or running
         self._task: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._accepting = False
         self._running_batch = False
 
@@ -98,7 +94,7 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dermserve-infer")
+        self.worker.start()
         self._accepting = True
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="dermserve-batcher")
 
@@ -156,25 +152,9 @@ class DynamicBatcher:
                 pass
         for item in self.waiting.clear():
             self._fail(item.req, BatcherClosed("the service is shutting down"))
-        if self._executor is not None:
-            # a batch still inside onnxruntime cannot be interrupted; don't block the loop on it
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self.worker.shutdown()
 
-    # ---------------------------------------------------------------- admission and submit
-    def refuse_if_full(self, n: int = 1) -> None:
-        """Raise :class:`QueueFullError` unless at least ``n`` more interactive images fit now
-        (a cheap check before a request's body is read)."""
-        self.admission.check(n, at_least=True)
-
-    def reserve(self, n: int) -> Reservation:
-        """Hold room for ``n`` interactive images while they are decoded (see
-        :mod:`service.batching.admission`); pass it to :meth:`submit`.
-
-        Raises:
-            QueueFullError: no room now (-> 503 with Retry-After), nothing reserved.
-        """
-        return self.admission.reserve(n)
-
+    # ---------------------------------------------------------------- submit
     async def submit(self, images: np.ndarray | Sequence[np.ndarray], timeout_s: float | None = None,
                      priority: str = INTERACTIVE, reservation: Reservation | None = None) -> BatchOut:
         """Queue images and wait for their model outputs.
@@ -184,8 +164,8 @@ class DynamicBatcher:
             timeout_s: deadline for this call (seconds from now); default ``request_timeout_s``.
             priority: ``"interactive"`` (default) or ``"background"`` (only fills slots interactive
                 images leave free; bounded by ``max_background_images``).
-            reservation: room reserved with :meth:`reserve` for these images (interactive only): the
-                images take its place without a second check.
+            reservation: room reserved for these images with ``admission.reserve`` (interactive only):
+                the images take its place without a second check.
 
         Returns:
             The N rows of ``run_batch``'s output for these images, in order (same kind as it returns).
@@ -197,7 +177,9 @@ class DynamicBatcher:
             InferenceError: the model call of a batch holding some of these images failed.
             ValueError: empty input, an image of the wrong shape/dtype, an unknown priority.
         """
-        arrays = self._checked(images, priority)
+        if priority not in (INTERACTIVE, BACKGROUND):
+            raise ValueError(f"priority must be {INTERACTIVE!r} or {BACKGROUND!r}, got {priority!r}")
+        arrays = image_list(images, self.item_shape)
         n = len(arrays)
         if not self.running:
             self.stats.refused_images += n
@@ -213,19 +195,6 @@ class DynamicBatcher:
         if not background:
             self.traffic.note()
         return await self._enqueue_and_wait(arrays, timeout_s, background)
-
-    def _checked(self, images: np.ndarray | Sequence[np.ndarray], priority: str) -> list[np.ndarray]:
-        arrays = list(images) if not isinstance(images, np.ndarray) else [images[i] for i in range(images.shape[0])]
-        if not arrays:
-            raise ValueError("submit() needs at least one image")
-        for a in arrays:
-            if a.dtype != np.uint8 or a.ndim != 3 or (self.item_shape is not None and a.shape != self.item_shape):
-                raise ValueError(
-                    f"image of shape {a.shape} dtype {a.dtype}; expected uint8 {self.item_shape or '(H, W, 3)'}"
-                )
-        if priority not in (INTERACTIVE, BACKGROUND):
-            raise ValueError(f"priority must be {INTERACTIVE!r} or {BACKGROUND!r}, got {priority!r}")
-        return arrays
 
     async def _enqueue_and_wait(self, arrays: list[np.ndarray], timeout_s: float | None, background: bool) -> BatchOut:
         loop = asyncio.get_running_loop()
@@ -288,24 +257,6 @@ class DynamicBatcher:
             except TimeoutError:
                 return
 
-    def _take_batch(self) -> list[Item]:
-        """Pop the next batch (interactive first, then the background share), dropping expired requests."""
-        now, batch = time.monotonic(), []
-        self.waiting.pop_into(batch, False, self.policy.interactive_slots(bool(self.waiting.background)), now,
-                              self._expire)
-        self.waiting.pop_into(batch, True, self.policy.background_slots(len(batch), self.interactive_active), now,
-                              self._expire)
-        self.observer.queue_depth(self.queue_depth)
-        return batch
-
-    def _run_in_worker(self, arrays: list[np.ndarray]) -> tuple[BatchOut, float]:
-        t0 = time.perf_counter()
-        try:
-            out = as_checked(self._run_batch(np.stack(arrays)), len(arrays))
-        except ValueError as exc:
-            raise InferenceError(str(exc)) from exc
-        return out, time.perf_counter() - t0
-
     async def _loop(self) -> None:
         idle = True
         while True:
@@ -319,7 +270,8 @@ class DynamicBatcher:
             if not was_idle:
                 await self._wait_for_fill()
             self._running_batch = True  # before popping, so drain() never sees "idle" mid-hand-off
-            items = self._take_batch()
+            items = self.waiting.next_batch(self.policy, lambda: self.interactive_active, self._expire)
+            self.observer.queue_depth(self.queue_depth)
             try:
                 if items:
                     await self._run(items, inline=was_idle and len(items) == 1 and not self.waiting.interactive)
@@ -331,11 +283,7 @@ class DynamicBatcher:
         """One model call for ``items``; their rows (or the failure) go back to their requests."""
         t0 = time.perf_counter()
         try:
-            if self.inline_when_idle and inline:
-                out, seconds = self._run_in_worker([items[0].array])
-            else:
-                out, seconds = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_in_worker, [i.array for i in items])
+            out, seconds = await self.worker.run([i.array for i in items], inline)
         except asyncio.CancelledError:
             for item in items:
                 self._fail(item.req, BatcherClosed("the service is shutting down"))
@@ -348,9 +296,7 @@ class DynamicBatcher:
             for item in items:
                 self._fail(item.req, err)
             return
-        self.stats.batches += 1
-        self.stats.images += len(items)
-        self.stats.batch_sizes.append(len(items))
+        self.stats.batch_ok(len(items))
         self.admission.batch_took(seconds)
         self.observer.batch_done(len(items), seconds, ok=True)
         for row, item in enumerate(items):

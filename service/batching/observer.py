@@ -36,3 +36,9 @@ class BatcherStats:
     expired_images: int = 0
     cancelled_images: int = 0
     batch_sizes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
+
+    def batch_ok(self, size: int) -> None:
+        """Count a successful batch of ``size`` images."""
+        self.batches += 1
+        self.images += size
+        self.batch_sizes.append(size)

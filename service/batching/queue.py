@@ -8,11 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from service.batching.policy import BatchPolicy
 from service.outputs import BatchOut, concat, take
+
+
+def image_list(images: np.ndarray | Sequence[np.ndarray], item_shape: tuple[int, ...] | None) -> list[np.ndarray]:
+    """A submission's images as a list of uint8 ``(H, W, 3)`` arrays.
+
+    Raises:
+        ValueError: no image, or one of another dtype or shape (``item_shape`` when given).
+    """
+    arrays = list(images) if not isinstance(images, np.ndarray) else [images[i] for i in range(images.shape[0])]
+    if not arrays:
+        raise ValueError("submit() needs at least one image")
+    for a in arrays:
+        if a.dtype != np.uint8 or a.ndim != 3 or (item_shape is not None and a.shape != item_shape):
+            raise ValueError(f"image of shape {a.shape} dtype {a.dtype}; expected uint8 {item_shape or '(H, W, 3)'}")
+    return arrays
 
 
 class Request:
@@ -122,6 +139,15 @@ class WaitingImages:
             self._popped(item, background)
             item.req.unstarted -= 1
             batch.append(item)
+
+    def next_batch(self, policy: BatchPolicy, interactive_active: Callable[[], bool],
+                   expire: Callable[[Request], None]) -> list[Item]:
+        """Pop the next batch as ``policy`` says (interactive first, then the background share),
+        handing requests past their deadline to ``expire``."""
+        now, batch = time.monotonic(), []
+        self.pop_into(batch, False, policy.interactive_slots(bool(self.background)), now, expire)
+        self.pop_into(batch, True, policy.background_slots(len(batch), interactive_active()), now, expire)
+        return batch
 
     def _popped(self, item: Item, background: bool) -> None:
         if not background:
