@@ -62,11 +62,11 @@ async def started_jobs(state: State) -> JobsService:
     return state.jobs
 
 
-async def caller_key(
-    state: State,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    api_key: Annotated[str | None, Depends(_api_key_header)],
-) -> bytes | None:
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+ApiKeyHeader = Annotated[str | None, Depends(_api_key_header)]
+
+
+def presented_key(state: AppState, bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> bytes | None:
     """The configured API key the caller presented, or None when authentication is off.
 
     Keys come from the ``api_keys`` setting and may be sent as ``Authorization: Bearer <key>`` or
@@ -93,13 +93,15 @@ async def caller_key(
     return match
 
 
-async def require_api_key(_key: Annotated[bytes | None, Depends(caller_key)]) -> None:
+async def require_api_key(state: State, bearer: Bearer, api_key: ApiKeyHeader) -> None:
     """Router dependency: accept the request when no keys are configured or a configured key is presented."""
+    presented_key(state, bearer, api_key)
 
 
-async def caller_key_hash(key: Annotated[bytes | None, Depends(caller_key)]) -> str | None:
+async def caller_key_hash(state: State, bearer: Bearer, api_key: ApiKeyHeader) -> str | None:
     """sha256 hex of the caller's API key (None when authentication is off): ties asynchronous jobs to
     their owner; the job store keeps this hash, never the key."""
+    key = presented_key(state, bearer, api_key)
     return None if key is None else hashlib.sha256(key).hexdigest()
 
 
