@@ -17,9 +17,9 @@ from service.jobs.store import JobStore, JobView
 from service.settings import JobSettings
 
 
-def key_hash(api_key: str) -> str:
+def key_hash(api_key: bytes) -> str:
     """sha256 hex of an API key: what the store keeps to tie a job to its owner (never the key)."""
-    return hashlib.sha256(api_key.encode()).hexdigest()
+    return hashlib.sha256(api_key).hexdigest()
 
 
 def iso_utc(t: float | None) -> str | None:

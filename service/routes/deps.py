@@ -7,7 +7,6 @@ aliases carry the ``Depends(...)``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, TypeVar
@@ -17,7 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from service.dataplane import DataPlane
 from service.errors import AuthenticationError, NotReadyError
-from service.jobs.service import JobsService
+from service.jobs.service import JobsService, key_hash
 from service.state import AppState
 
 T = TypeVar("T")
@@ -102,7 +101,7 @@ async def caller_key_hash(state: State, bearer: Bearer, api_key: ApiKeyHeader) -
     """sha256 hex of the caller's API key (None when authentication is off): ties asynchronous jobs to
     their owner; the job store keeps this hash, never the key."""
     key = presented_key(state, bearer, api_key)
-    return None if key is None else hashlib.sha256(key).hexdigest()
+    return None if key is None else key_hash(key)
 
 
 ReadyDataPlane = Annotated[DataPlane, Depends(ready_dataplane)]
