@@ -1,16 +1,17 @@
 """The image decoder: encoded images -> the one preprocessing function -> ``uint8`` arrays (no HTTP,
 no batching). ``/predict``, ``POST /jobs``, the job runner and the V2 ``BYTES`` input all decode here.
 
-One image: base64 (if it came as text) -> :func:`sniff_format` -> that format's decoder -> a
-:class:`DecodedImage` (pixels ``uint8 (H, W, 3)`` at the model input size, the client's ``id`` and
-optional ``metadata``), or a per-image error ``(reason, message)``. A request's images are decoded
-all of them (so that every failure is reported), then the request is refused whole if any failed.
+One image: base64 (if it came as text) -> :func:`format_decoder` (the format sniff) -> that
+format's decoder -> a :class:`DecodedImage` (pixels ``uint8 (H, W, 3)`` at the model input size, the
+client's ``id`` and optional ``metadata``), or a per-image error ``(reason, message)``. A request's
+images are decoded all of them (so that every failure is reported), then the request is refused
+whole if any failed.
 
 Formats: JPEG, PNG and the rest of what Pillow opens go through :func:`service.preprocessing.preprocess_bytes`
-(the function the trainer and the exporter use too). The format sniff is the one place another
-decoder plugs in: DICOM Part 10 files (``DICM`` at byte 128) will be sent to
-``service/codecs/dicom.py`` once it exists, with their UIDs as ``metadata``; until then they take the
-Pillow path (and fail there as ``not_an_image``, as before).
+(the function the trainer and the exporter use too). :data:`FORMATS` is the one place another
+format plugs in, tried before that default: DICOM Part 10 as
+``ImageFormat("dicom", service.codecs.dicom.is_dicom, <preprocess_dicom with its refs as metadata>)``.
+Until it is registered a DICOM file takes the Pillow path (and fails there as ``not_an_image``).
 
 Where decoding runs (decoding costs more CPU than inference for this model):
 
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,12 +40,9 @@ from service.inputs import EncodedImage, InvalidInputError
 from service.preprocessing import ImageDecodeError, PreprocessSpec, preprocess_bytes
 from service.traffic import InteractiveTraffic
 
-#: Offset and magic of a DICOM Part 10 file (128-byte preamble, then ``DICM``).
-DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
-
-#: A format decoder: encoded bytes + spec -> (pixels ``uint8 (H, W, 3)``, metadata); raises
-#: :class:`~service.preprocessing.ImageDecodeError` (its ``reason`` and ``detail`` reach the client).
-FormatDecoder = Callable[[bytes, PreprocessSpec], tuple[np.ndarray, Mapping[str, str]]]
+#: A format decoder: encoded bytes + spec -> (pixels ``uint8 (H, W, 3)`` at the spec's size, metadata);
+#: raises :class:`~service.preprocessing.ImageDecodeError` (its ``reason`` and ``detail`` reach the client).
+FormatDecoder = Callable[[bytes, PreprocessSpec], tuple[np.ndarray, Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -53,29 +52,39 @@ class DecodedImage:
     Attributes:
         pixels: ``uint8 (H, W, 3)`` RGB at the model input size.
         id: the client's id for the image (multipart filename, JSON ``id``), if any.
-        metadata: what the format carried that answers may echo (e.g. DICOM study/series/instance
-            UIDs); empty for JPEG/PNG and for raw pixel tensors.
+        metadata: what the format carried for the answer (e.g. ``{"dicom": DicomRefs}``, whose UIDs
+            an answer may echo); empty for JPEG/PNG and for raw pixel tensors.
     """
 
     pixels: np.ndarray
     id: str | None = None
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-def sniff_format(data: bytes) -> str:
-    """``"dicom"`` for a DICOM Part 10 file, else ``"raster"`` (whatever Pillow may open)."""
-    if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC:
-        return "dicom"
-    return "raster"
+@dataclass(frozen=True)
+class ImageFormat:
+    """A format besides the default: its name, how to recognise its bytes, how to decode them."""
+
+    name: str
+    sniff: Callable[[bytes], bool]
+    decode: FormatDecoder
 
 
-def decode_raster(data: bytes, spec: PreprocessSpec) -> tuple[np.ndarray, Mapping[str, str]]:
-    """JPEG, PNG, ... via the shared preprocessing function; no metadata."""
+def decode_raster(data: bytes, spec: PreprocessSpec) -> tuple[np.ndarray, Mapping[str, Any]]:
+    """The default: JPEG, PNG, ... via the shared preprocessing function; no metadata."""
     return preprocess_bytes(data, spec), {}
 
 
-#: Decoder per sniffed format. A format without an entry (today: ``dicom``) takes ``raster``.
-FORMAT_DECODERS: dict[str, FormatDecoder] = {"raster": decode_raster}
+#: Formats tried in order before :func:`decode_raster` (none registered yet; see the module docstring).
+FORMATS: list[ImageFormat] = []
+
+
+def format_decoder(data: bytes) -> FormatDecoder:
+    """The decoder for ``data``: the first registered format whose sniff accepts it, else the default."""
+    for fmt in FORMATS:
+        if fmt.sniff(data):
+            return fmt.decode
+    return decode_raster
 
 
 def decode_one(img: EncodedImage, spec: PreprocessSpec) -> DecodedImage | tuple[str, str]:
@@ -86,9 +95,8 @@ def decode_one(img: EncodedImage, spec: PreprocessSpec) -> DecodedImage | tuple[
         data = img.raw()
     except ValueError as exc:
         return ("invalid_base64", str(exc))
-    decode = FORMAT_DECODERS.get(sniff_format(data), decode_raster)
     try:
-        pixels, metadata = decode(data, spec)
+        pixels, metadata = format_decoder(data)(data, spec)
     except ImageDecodeError as exc:
         return (exc.reason, exc.detail)
     return DecodedImage(pixels, img.id, metadata)

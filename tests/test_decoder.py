@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from service import decoder as decoder_module
-from service.decoder import DecodedImage, ImageDecoder, decode_one, sniff_format
+from service.decoder import DecodedImage, ImageDecoder, ImageFormat, decode_one, decode_raster, format_decoder
 from service.inputs import EncodedImage, InvalidInputError
 from service.preprocessing import PreprocessSpec, preprocess_bytes
 from service.traffic import InteractiveTraffic
@@ -59,32 +59,27 @@ def test_every_failed_image_is_named_and_the_request_refused_whole():
     assert "4 of 5 images" in err.value.message
 
 
-def test_format_sniff():
-    assert sniff_format(png()) == "raster"
-    assert sniff_format(dicom_like()) == "dicom"
-    assert sniff_format(b"DICM") == "raster"  # the magic must sit at byte 128
-    assert sniff_format(b"") == "raster"
-
-
 def test_dicom_without_its_decoder_fails_as_before():
     result = decode_one(EncodedImage(data=dicom_like(b"rest")), SPEC)
     assert isinstance(result, tuple) and result[0] == "not_an_image"
 
 
-def test_a_registered_format_decoder_is_used_and_its_metadata_kept(monkeypatch):
-    """The seam for DICOM: a decoder registered for a sniffed format gets the bytes; its metadata
-    travels with the decoded image."""
+def test_a_registered_format_is_sniffed_decoded_and_its_metadata_kept(monkeypatch):
+    """The seam for DICOM: a format registered in FORMATS gets the bytes its sniff accepts; the
+    metadata its decoder returns travels with the decoded image; other bytes take the default path."""
     seen = []
 
     def fake_dicom(data: bytes, spec: PreprocessSpec):
         seen.append(len(data))
-        return np.zeros((spec.height, spec.width, 3), np.uint8), {"StudyInstanceUID": "1.2.3"}
+        return np.zeros((spec.height, spec.width, 3), np.uint8), {"dicom": {"study_instance_uid": "1.2.3"}}
 
-    monkeypatch.setitem(decoder_module.FORMAT_DECODERS, "dicom", fake_dicom)
+    fmt = ImageFormat("dicom", lambda data: data[128:132] == b"DICM", fake_dicom)
+    monkeypatch.setattr(decoder_module, "FORMATS", [fmt])
+    assert format_decoder(dicom_like()) is fake_dicom and format_decoder(png()) is decode_raster
     (out,) = decode([EncodedImage(data=dicom_like(b"xyz"), id="d")])
-    assert seen == [135] and out.id == "d" and dict(out.metadata) == {"StudyInstanceUID": "1.2.3"}
-    (raster,) = decode([EncodedImage(data=png())])  # other formats still take the raster path
-    assert dict(raster.metadata) == {}
+    assert seen == [135] and out.id == "d" and dict(out.metadata) == {"dicom": {"study_instance_uid": "1.2.3"}}
+    (raster,) = decode([EncodedImage(data=png())])
+    assert dict(raster.metadata) == {} and seen == [135]
 
 
 def test_idle_fast_path_needs_an_idle_model():
