@@ -27,9 +27,9 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script (python benchmarks/jobs_interference.py): import from the repo
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import REPO_ROOT as REPO  # noqa: E402
-from benchmarks.processes import SERVICE_CMD, NotReady, free_port, service_env, start_process, wait_ready  # noqa: E402
-from trainer.data import split_rows  # noqa: E402
+from benchmarks import REPO_ROOT as REPO
+from benchmarks.processes import SERVICE_CMD, NotReady, free_port, service_env, start_process, wait_ready
+from trainer.data import split_rows
 
 
 def pick_images(data_dir: Path, n: int) -> list[Path]:
