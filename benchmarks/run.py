@@ -35,7 +35,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
@@ -171,6 +171,49 @@ def write_results(out_dir: Path, started: datetime, model_dir: Path, manifest, s
     typer.echo(f"wrote {out_dir / 'results.json'}, {out_dir / 'results.png'}, {out_dir / 'report.txt'}", err=True)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures per scenario (see the CLI options)."""
+
+    levels: list[int]
+    multi_levels: list[int]
+    multi_images: int
+    duration: float
+    warmup: float
+    half_load: bool
+    limit_threads: str
+    limit_batches: str
+    limit_seconds: float
+
+
+def run_scenario(plan: Plan, servers: list[Server], lim: Limit | None, sc: str, imgs: list[tuple[str, bytes]],
+                 work: Path, limit: dict) -> list[Point]:
+    """One scenario: the limit grid, the single-image sweep (the limit re-measured after each level),
+    the multi-image sweep and the half-load points; the limit's entry goes into ``limit[sc]``."""
+    bodies = {}
+    for fmt_ in {s.body_format for s in servers}:
+        for per_request in {1, *([plan.multi_images] if plan.multi_levels else [])}:
+            bodies[(fmt_, per_request)] = build_bodies(imgs, per_request, fmt_, work / sc / f"{fmt_}-{per_request}")
+    best = None
+    if lim:
+        best, grid = limit_grid(lim, imgs, sc, plan.limit_threads, plan.limit_batches, plan.limit_seconds)
+        limit[sc] = {"config": asdict(best), "grid": grid, "samples": []}
+
+    def resample() -> None:
+        if best:
+            sample_limit(limit[sc], lim, imgs, best, plan.limit_seconds)
+
+    points = sweep(servers, sc, bodies, plan.levels, 1, plan.duration, plan.warmup, after_level=resample)
+    if not plan.levels:
+        resample()
+    points += sweep(servers, sc, bodies, plan.multi_levels, plan.multi_images, plan.duration, plan.warmup)
+    if plan.half_load and plan.levels:
+        points += half_load(servers, sc, bodies, points, plan.duration, plan.warmup)
+    if best:
+        limit[sc]["images_per_s"] = statistics.median(limit[sc]["samples"])
+    return points
+
+
 @app.command()
 def main(
     systems: Annotated[str, typer.Option(help="comma list of: limit, dermserve, naive, mlserver")] =
@@ -237,33 +280,11 @@ def main(
         servers = make_servers(http_systems, model_dir, variants, work, mlserver_batch_time_ms, mlserver_batch_size,
                                checkouts)
         start_and_check(servers, base_images, ref_runtime, variants)
-        lim_obj = Limit(model_dir) if "limit" in sys_list else None
+        plan = Plan(_ints(levels), _ints(multi_levels), multi_images, duration, warmup, half_load_point,
+                    limit_threads, limit_batches, limit_seconds)
+        lim = Limit(model_dir) if "limit" in sys_list else None
         for sc in sc_list:
-            imgs = scenario_images[sc]
-            bodies = {}
-            for fmt_ in {s.body_format for s in servers}:
-                bodies[(fmt_, 1)] = build_bodies(imgs, 1, fmt_, work / sc / f"{fmt_}-1")
-                if multi_levels:
-                    bodies[(fmt_, multi_images)] = build_bodies(imgs, multi_images, fmt_,
-                                                                work / sc / f"{fmt_}-{multi_images}")
-            best = None
-            if lim_obj:
-                best, grid = limit_grid(lim_obj, imgs, sc, limit_threads, limit_batches, limit_seconds)
-                limit[sc] = {"config": asdict(best), "grid": grid, "samples": []}
-
-            def resample(sc=sc, imgs=imgs, best=best) -> None:
-                if best:
-                    sample_limit(limit[sc], lim_obj, imgs, best, limit_seconds)
-
-            lv = _ints(levels)
-            points += sweep(servers, sc, bodies, lv, 1, duration, warmup, after_level=resample)
-            if not lv:
-                resample()
-            points += sweep(servers, sc, bodies, _ints(multi_levels), multi_images, duration, warmup)
-            if half_load_point and lv:
-                points += half_load(servers, sc, bodies, points, duration, warmup)
-            if best:
-                limit[sc]["images_per_s"] = statistics.median(limit[sc]["samples"])
+            points += run_scenario(plan, servers, lim, sc, scenario_images[sc], work, limit)
     finally:
         for s in servers:
             s.stop()
