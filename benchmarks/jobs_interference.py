@@ -6,7 +6,7 @@ three times: without a job, with a ``--job-images`` job always running (a new on
 as soon as the previous finishes), and without a job again (drift check). Prints p50/p99 of
 each and the with/without ratios, and the job throughput.
 
-    .venv/bin/python benchmarks/jobs_interference.py --requests 300 --job-images 500
+    .venv/bin/python -m benchmarks.jobs_interference --requests 300 --job-images 500
 
 Run it on a quiet machine (nothing else training): ``pgrep -f "python -m trainer"`` must be empty.
 """
@@ -14,9 +14,6 @@ Run it on a quiet machine (nothing else training): ``pgrep -f "python -m trainer
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,19 +24,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script (python benchmarks/jobs_interference.py): import from the repo
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks import REPO_ROOT as REPO
+from benchmarks.processes import SERVICE_CMD, NotReady, free_port, service_env, start_process, wait_ready
+from trainer.data import split_rows
 
 
 def pick_images(data_dir: Path, n: int) -> list[Path]:
-    with open(data_dir / "labels.csv", newline="") as fh:
-        rows = sorted((r for r in csv.DictReader(fh) if r["split"] == "test"), key=lambda r: r["image_id"])
-    return [data_dir / r["filename"] for r in rows[:n]]
+    return [data_dir / r["filename"] for r in split_rows(data_dir, "test")[:n]]
 
 
 def percentiles(xs: list[float]) -> tuple[float, float]:
@@ -113,32 +107,22 @@ def main() -> int:
     images = [(p.name, p.read_bytes()) for p in paths]
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="dermserve-jobbench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMSERVE_")}
-    env.update({"DERMSERVE_HOST": "127.0.0.1", "DERMSERVE_PORT": str(port), "DERMSERVE_MODEL_DIR": str(args.model_dir),
-                "DERMSERVE_PROVIDERS": '["CPUExecutionProvider"]',
-                "DERMSERVE_DECODE_THREADS": "2",
-                "DERMSERVE_JOBS_DIR": str(tmp / "jobs"), "DERMSERVE_MAX_UPLOAD_BYTES": str(512 * 1024 * 1024),
-                "DERMSERVE_LOG_LEVEL": "warning"})
+    overrides = {"DERMSERVE_PROVIDERS": '["CPUExecutionProvider"]', "DERMSERVE_DECODE_THREADS": "2",
+                 "DERMSERVE_MAX_UPLOAD_BYTES": str(512 * 1024 * 1024), "DERMSERVE_LOG_LEVEL": "warning"}
     if args.intra_op_threads is not None:
-        env["DERMSERVE_INTRA_OP_THREADS"] = str(args.intra_op_threads)
+        overrides["DERMSERVE_INTRA_OP_THREADS"] = str(args.intra_op_threads)
     for kv in args.env:
         name, _, value = kv.partition("=")
-        env["DERMSERVE_" + name.upper().removeprefix("DERMSERVE_")] = value
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        overrides["DERMSERVE_" + name.upper().removeprefix("DERMSERVE_")] = value
+    env = service_env(port, args.model_dir, tmp / "jobs", overrides)
+    proc = start_process(SERVICE_CMD, env, tmp / "server.log", REPO)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                print((tmp / "server.log").read_text(), file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        try:
+            wait_ready(base + "/health/ready", proc, 90, poll_s=0.2, request_timeout_s=2)
+        except NotReady:
+            print((tmp / "server.log").read_text(), file=sys.stderr)
+            return 1
         think = args.think_ms / 1000.0
         with httpx.Client(base_url=base, timeout=60) as c:
             run_predicts(c, images, 30, think)  # warm-up
@@ -170,7 +154,6 @@ def main() -> int:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from benchmarks.run import BENCH_DIR, REPO_ROOT, clinical_images, load_test_images
+from benchmarks import BENCH_DIR, REPO_ROOT
+from benchmarks.bodies import clinical_images, load_test_images
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

@@ -15,7 +15,6 @@ The rule (issue): keep int8 only if balanced accuracy drops by at most 0.5 point
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import time
@@ -25,14 +24,10 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from benchmarks.run import BENCH_DIR, CACHE_DIR, REPO_ROOT
+from benchmarks import BENCH_DIR, CACHE_DIR, REPO_ROOT
+from trainer.data import split_rows
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-def _rows(data_dir: Path, split: str) -> list[dict]:
-    with open(data_dir / "labels.csv", newline="") as fh:
-        return sorted((r for r in csv.DictReader(fh) if r["split"] == split), key=lambda r: r["image_id"])
 
 
 def balanced_accuracy(y_true: list[int], y_pred: list[int], k: int) -> float:
@@ -71,7 +66,7 @@ def main(
     pre = out_dir / "model.pre.onnx"
     int8 = out_dir / "model.onnx"
 
-    train = _rows(data_dir, "train")
+    train = split_rows(data_dir, "train")
     rng = np.random.default_rng(0)
     calib_rows = [train[i] for i in rng.choice(len(train), size=min(calib, len(train)), replace=False)]
 
@@ -94,7 +89,7 @@ def main(
     typer.echo(f"quantised in {quant_s:.1f} s -> {int8} ({int8.stat().st_size / 1e6:.2f} MB, "
                f"fp32 {fp32.stat().st_size / 1e6:.2f} MB)")
 
-    test = _rows(data_dir, "test")
+    test = split_rows(data_dir, "test")
     if test_limit:
         test = test[:test_limit]
     x_all = np.stack([preprocess_file(str(data_dir / r["filename"]), spec) for r in test])

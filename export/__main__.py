@@ -25,7 +25,8 @@ def main(
 ) -> None:
     """Convert with tf2onnx, check Keras-vs-ONNX parity end to end, write model.onnx + manifest.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from export.convert import ExportError, export_run
+    from export.convert import export_run
+    from export.errors import ExportError
 
     try:
         m = export_run(run_dir, output, name, version, data_dir, parity_images, force)

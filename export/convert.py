@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.errors import ExportError
+from export.parity import check_parity
 from schemas.manifest import HAM10000_CLASSES, Calibration, ClassInfo, InputSpec, Manifest, OutputSpec
 from service.runtime import sha256_file
 
@@ -27,10 +29,6 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 #: ONNX opset of the exported graph (tf2onnx 1.17 + onnxruntime 1.31 tested).
 OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """Conversion or the parity check failed; nothing was written."""
 
 
 def keras_to_onnx(keras_path: Path, onnx_path: Path, opset: int = OPSET) -> tuple[int, int]:
@@ -86,8 +84,6 @@ def export_run(run_dir: Path, output_dir: Path, name: str, version_str: str, dat
     Raises:
         ExportError: conversion failed, parity failed, or ``output_dir`` exists without ``force``.
     """
-    from export.parity import check_parity
-
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     if output_dir.exists() and not force:
         raise ExportError(f"{output_dir} exists; pass --force to replace it")

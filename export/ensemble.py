@@ -144,7 +144,7 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
     Raises:
         ExportError: ``output_dir`` exists without ``force``, or a parity check failed (nothing written).
     """
-    from export.convert import ExportError
+    from export.errors import ExportError
     from trainer.cv import load_member
     from trainer.ensemble import resolve_member
 
@@ -224,7 +224,7 @@ def check_parity(models, views, offset, detectors, model_dir: Path, data_dir: Pa
     """
     import onnxruntime as ort
 
-    from export.convert import ExportError
+    from export.errors import ExportError
     from export.parity import MAX_ABS_DIFF, MIN_TOP1_AGREEMENT
     from service.preprocessing import preprocess_bytes
     from service.runtime import ModelRuntime
@@ -264,7 +264,7 @@ def main(ensemble_dir: Path = Path("trainer/results/ensemble"), output: Path = P
 
     import typer
 
-    from export.convert import ExportError
+    from export.errors import ExportError
     from trainer.config import DEFAULT_DATA_DIR
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.errors import ExportError
+
 #: Largest allowed |p_keras - p_onnx| for any class of any image.
 MAX_ABS_DIFF = 0.01
 #: Share of images whose top class must agree.
@@ -30,7 +32,6 @@ def check_parity(keras_path: Path, model_dir: Path, data_dir: Path, n_images: in
     """
     import keras
 
-    from export.convert import ExportError
     from service.runtime import ModelRuntime, softmax_with_temperature
     from trainer.data import load_split, read_labels, select_rows
 

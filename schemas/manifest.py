@@ -69,7 +69,7 @@ class Calibration(BaseModel):
 
 
 class Referral(BaseModel):
-    """Thresholds of the referral rule (see ``service.dataplane.referral_decision``)."""
+    """Thresholds of the referral rule (see ``service.answers.referral_decision``)."""
 
     malignant_classes: list[str] = Field(default_factory=lambda: list(MALIGNANT_CLASSES))
     malignant_probability_threshold: float = Field(

@@ -104,14 +104,15 @@ def main() -> int:
     except (ValidationError, SettingsError) as exc:
         print(f"dermserve: invalid DERMSERVE_* configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    server_settings = settings.server
+    configure_logging(server_settings.log_level)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=server_settings.host,
+        port=server_settings.port,
         log_config=None,  # keep our JSON logging
-        log_level=settings.log_level.lower(),
+        log_level=server_settings.log_level.lower(),
         access_log=False,  # RequestContextMiddleware logs one line per request, with its id
         timeout_graceful_shutdown=_Server.FLUSH_S,  # set again from the remaining budget at shutdown
         lifespan="on",

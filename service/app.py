@@ -1,33 +1,28 @@
-"""The ASGI application: ``create_app(settings) -> FastAPI``.
+"""The ASGI application: ``create_app(settings, build) -> FastAPI``.
 
-Lifespan: load the model directory (:class:`~service.runtime.ModelRuntime` verifies the sha256 of
-``model.onnx`` against ``manifest.json``; on :class:`~service.runtime.ModelLoadError` the reason is
-logged and startup fails, so uvicorn exits non-zero and a wrong model is never served), warm up,
-start the decode pool and the dynamic batcher, then report ready. On shutdown readiness turns 503
-at once, accepted work is drained within what is left of the ``shutdown_grace_s`` budget
-(it starts at SIGTERM, see :mod:`service.__main__`), and the workers stop.
+Lifespan: ``build`` (default :func:`service.components.build_components`) loads the model directory
+(:class:`~service.runtime.ModelRuntime` verifies the sha256 of ``model.onnx`` against
+``manifest.json``; on failure the reason is logged and startup fails, so uvicorn exits non-zero and a
+wrong model is never served), warms it up and starts every part; then the service reports ready.
+On shutdown readiness turns 503 at once, accepted work is drained within what is left of the
+``shutdown_grace_s`` budget (it starts at SIGTERM, see :mod:`service.__main__`), and the parts stop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from schemas.api import DISCLAIMER, InferenceRequest, JobCreateRequest, PredictRequest
-from service.batching import DynamicBatcher
-from service.dataplane import DataPlane
-from service.errors import install_error_handlers
-from service.jobs.plane import JobPlane
-from service.jobs.runner import JobRunner
-from service.jobs.store import JobStore, sqlite_url
+from service.components import ComponentsBuilder, build_components
+from service.errors import install_error_handlers, rule_for
 from service.metrics import Metrics
 from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from service.routes import health, jobs, metrics, model, predict, ui, v2
@@ -51,6 +46,16 @@ mel, nv, vasc), temperature-calibrated probabilities and a referral recommendati
 """
 
 
+_TAGS = [
+    {"name": "predict", "description": "classify images"},
+    {"name": "jobs", "description": "asynchronous jobs: submit a study, collect the results later"},
+    {"name": "model", "description": "the served model"},
+    {"name": "health", "description": "liveness and readiness (no authentication)"},
+    {"name": "open inference protocol", "description": "KServe / Triton V2 REST protocol"},
+    {"name": "metrics", "description": "Prometheus"},
+]
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback IP addresses (``127.0.0.0/8``, ``::1``)."""
     if host == "localhost":
@@ -61,112 +66,36 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _warmup_sizes(max_batch_size: int) -> tuple[int, ...]:
-    return tuple(sorted({1, max_batch_size}))
+def warn_about_settings(settings: Settings) -> None:
+    """Log the configurations that work but are probably not meant."""
+    if not is_loopback(settings.server.host) and not settings.access.api_keys:
+        log.warning("binding to non-loopback host %s without api_keys: anyone who can reach this port "
+                    "can use the service; set DERMSERVE_API_KEYS", settings.server.host)
+    limit, queue = settings.limits.max_images_per_request, settings.batching.max_queue_images
+    if limit > queue:
+        log.warning("max_images_per_request (%d) > max_queue_images (%d): larger requests can never be "
+                    "queued and will always get 503", limit, queue)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, build: ComponentsBuilder = build_components) -> FastAPI:
     """Build the FastAPI app.
 
     Args:
         settings: configuration; default :func:`service.settings.get_settings` (``DERMSERVE_*``).
+        build: builds, starts and stops the service's parts (see :mod:`service.components`).
 
     Returns:
-        The app. ``app.state.dermserve`` is its :class:`~service.state.AppState`. The model is
-        loaded when the lifespan starts (uvicorn startup), not here.
+        The app. ``app.state.dermserve`` is its :class:`~service.state.AppState`. The parts are built
+        when the lifespan starts (uvicorn startup), not here.
     """
     settings = settings or get_settings()
     state = AppState(settings=settings, metrics=Metrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from service.runtime import ModelLoadError, ModelRuntime  # onnxruntime only when serving
-
-        if not is_loopback(settings.host) and not settings.api_keys:
-            log.warning("binding to non-loopback host %s without api_keys: anyone who can reach this port "
-                        "can use the service; set DERMSERVE_API_KEYS", settings.host)
-        if settings.max_images_per_request > settings.max_queue_images:
-            log.warning("max_images_per_request (%d) > max_queue_images (%d): larger requests can never be "
-                        "queued and will always get 503", settings.max_images_per_request, settings.max_queue_images)
-        try:
-            runtime = await asyncio.to_thread(
-                ModelRuntime, settings.model_dir, settings.providers, settings.intra_op_threads,
-                settings.inter_op_threads, settings.max_image_pixels, allow_spinning=settings.ort_allow_spinning,
-                force_spinning_stop=settings.ort_force_spinning_stop,
-            )
-        except ModelLoadError as exc:
-            log.critical("refusing to start: the model directory %s cannot be served: %s", settings.model_dir, exc,
-                         extra={"event": "model_load_failed"})
-            raise
-        m = runtime.manifest
-        log.info("model %s %s loaded (sha256 verified), input %dx%d, execution provider %s",
-                 m.name, m.version, m.input.height, m.input.width, runtime.provider,
-                 extra={"event": "model_loaded", "provider": runtime.provider})
-        try:
-            await asyncio.to_thread(runtime.warm_up, _warmup_sizes(settings.max_batch_size))
-        except Exception as exc:
-            log.critical("refusing to start: warm-up inference failed: %r", exc, extra={"event": "warmup_failed"})
-            raise
-        # Everything started from here on is registered on the exit stack as it is created, so a failure
-        # part-way through start-up (say, the job store cannot be opened) still stops the batcher thread and
-        # the pools it already started; at shutdown the stack unwinds in reverse order of creation.
-        async with AsyncExitStack() as stack:
-            decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dermserve-decode")
-            stack.callback(decode_pool.shutdown, wait=False, cancel_futures=True)
-            batcher = DynamicBatcher(
-                runtime.predict_proba,
-                max_batch_size=settings.max_batch_size,
-                max_batch_delay_ms=settings.max_batch_delay_ms,
-                max_queue_images=settings.max_queue_images,
-                max_queue_bytes=settings.max_queue_bytes,
-                max_background_images=settings.job_chunk_images * settings.job_max_inflight_chunks,
-                max_background_per_batch=settings.job_chunk_images,
-                max_background_per_batch_busy=settings.job_images_per_batch_when_busy,
-                busy_window_ms=settings.interactive_busy_window_ms,
-                inline_when_idle=settings.inline_infer_when_idle,
-                request_timeout_ms=settings.request_timeout_ms,
-                item_shape=(runtime.spec.height, runtime.spec.width, 3),
-                observer=state.metrics,
-            )
-            batcher.start()
-            stack.push_async_callback(lambda: batcher.close(timeout_s=state.shutdown_remaining_s()))
-            state.runtime, state.batcher = runtime, batcher
-            state.dataplane = DataPlane(
-                m, runtime.spec, runtime.provider, batcher, decode_pool,
-                max_images_per_request=settings.max_images_per_request,
-                referral_malignant_threshold=settings.referral_malignant_threshold,
-                referral_min_top_probability=settings.referral_min_top_probability,
-                inline_decode_max_bytes=settings.inline_decode_max_bytes,
-            )
-            try:
-                store = await asyncio.to_thread(
-                    JobStore, settings.jobs_database_url or sqlite_url(settings.jobs_dir))
-            except Exception as exc:
-                log.critical("refusing to start: the job store cannot be opened: %r", exc,
-                             extra={"event": "job_store_failed"})
-                raise
-            stack.push_async_callback(asyncio.to_thread, store.close)
-            # job images decode in their own single thread: never queued ahead of /predict images
-            job_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="dermserve-job-decode")
-            stack.callback(job_decode_pool.shutdown, wait=False, cancel_futures=True)
-            runner = JobRunner(
-                store, state.dataplane, batcher, chunk_images=settings.job_chunk_images,
-                max_inflight=settings.job_max_inflight_chunks, lease_s=settings.job_lease_s,
-                poll_interval_s=settings.job_poll_interval_s, sweep_interval_s=settings.job_sweep_interval_s,
-                retention_s=settings.job_retention_s,
-                on_stats=lambda s: state.metrics.job_stats(s.by_status, s.oldest_queued_age_s),
-                decode_executor=job_decode_pool, yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0,
-                max_attempts=settings.job_max_attempts,
-            )
-            await runner.start()
-            # unfinished chunks get their claims released; one shutdown budget for all phases
-            stack.push_async_callback(lambda: runner.stop(timeout_s=min(2.0, state.shutdown_remaining_s())))
-            state.jobs = JobPlane(store, state.dataplane, runner, settings.max_images_per_job, job_decode_pool,
-                                  yield_to_interactive_s=settings.job_yield_max_wait_ms / 1000.0,
-                                  max_concurrent_uploads=settings.max_concurrent_job_uploads)
-            log.info("job store %s open, worker %s", store.engine.url.render_as_string(hide_password=True),
-                     runner.worker_id, extra={"event": "jobs_ready"})
-            state.metrics.model_info.labels(name=m.name, version=m.version, provider=runtime.provider).set(1)
+        warn_about_settings(settings)
+        async with build(settings, state.metrics, state.shutdown_remaining_s) as components:
+            state.components = components
             state.ready = True
             log.info("ready", extra={"event": "ready"})
             try:
@@ -177,42 +106,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          extra={"event": "draining"})
         log.info("stopped", extra={"event": "stopped"})
 
-    app = FastAPI(
-        title="dermserve",
-        version="0.1.0",
-        description=_DESCRIPTION,
-        lifespan=lifespan,
-        openapi_tags=[
-            {"name": "predict", "description": "classify images"},
-            {"name": "jobs", "description": "asynchronous jobs: submit a study, collect the results later"},
-            {"name": "model", "description": "the served model"},
-            {"name": "health", "description": "liveness and readiness (no authentication)"},
-            {"name": "open inference protocol", "description": "KServe / Triton V2 REST protocol"},
-            {"name": "metrics", "description": "Prometheus"},
-        ],
-    )
+    app = FastAPI(title="dermserve", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan,
+                  openapi_tags=_TAGS)
     app.state.dermserve = state
     install_error_handlers(app)
-
     for r in (health.router, predict.router, jobs.router, model.router, v2.open_router, v2.router, metrics.router,
               ui.router):
         app.include_router(r)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _install_middleware(app, settings, state.metrics)
+    _install_openapi(app)
+    return app
 
-    # middleware: the last added is the outermost
-    if settings.cors_origins:
+
+def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """CORS (only when origins are configured), the body-size limit, the request context (outermost)."""
+    # the last added is the outermost
+    if settings.access.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            CORSMiddleware, allow_origins=settings.access.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes,
-                       path_limits={"/jobs": settings.max_job_upload_bytes})
-    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
-
-    _install_openapi(app)
-    return app
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_upload_bytes,
+                       path_limits={"/jobs": settings.jobs.max_upload_bytes})
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
 
 def _install_openapi(app: FastAPI) -> None:
@@ -235,7 +154,8 @@ def _install_openapi(app: FastAPI) -> None:
                 resp = op.get("responses", {}).get("422")
                 if resp:
                     resp["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-                    resp["description"] = "unusable input; `detail` names each failed image or field"
+                    if resp.get("description") == "Validation Error":  # FastAPI's own, for path/query parameters
+                        resp["description"] = rule_for(RequestValidationError).meaning
         comps.pop("HTTPValidationError", None)
         comps.pop("ValidationError", None)
         app.openapi_schema = schema

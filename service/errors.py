@@ -1,33 +1,11 @@
-"""The one table mapping exceptions to HTTP answers, and the handlers that apply it.
+"""The one table mapping exceptions to HTTP answers, the handlers that apply it, and the OpenAPI
+error responses derived from it.
 
 Every non-2xx answer of the service (the dermserve API and the Open Inference Protocol routes
 alike) has the body :class:`schemas.api.ErrorResponse`: ``{"error": str, "detail": [...]?,
-"request_id": str}``.
-
-Status choices (see :data:`ERROR_TABLE`):
-
-==============================================  ======  =============================================
-exception                                       status  notes
-==============================================  ======  =============================================
-ImageDecodeError, InvalidInputError             422     undecodable image, bad base64, malformed
-                                                        tensor, bad JSON shape; ``detail`` names each
-                                                        failed image (index, id, reason, message)
-RequestValidationError (FastAPI/pydantic)       422     ``detail``: loc / msg / type per problem
-NoImagesError                                   422
-TooManyImagesError                              413     more than ``max_images_per_request``
-PayloadTooLargeError                            413     body over ``max_upload_bytes`` (``max_job_upload_bytes`` for ``POST /jobs``)
-UnsupportedMediaTypeError                       415
-AuthenticationError                             401     ``WWW-Authenticate: Bearer``
-ModelNotFoundError                              404     OIP: unknown model name/version
-JobNotFoundError                                404     unknown/expired job, or another API key's job
-JobFinishedError                                409     DELETE /jobs/{id} of a finished job
-QueueFullError                                  503     ``Retry-After`` (seconds, estimated)
-BatcherClosed, NotReadyError                    503     ``Retry-After: 5``
-DeadlineExceeded                                504     ``request_timeout_ms`` passed before start
-InferenceError                                  500     the model call failed (logged)
-starlette HTTPException                         as is   e.g. 404 unknown path, 405 method
-anything else                                   500     logged with traceback; no details leak
-==============================================  ======  =============================================
+"request_id": str}``. :data:`ERROR_TABLE` gives, per exception type, the status, what it means
+(the text of the OpenAPI docs, via :func:`error_responses`) and extra headers; anything not in it
+is a 500 that is logged with its traceback and leaks no details.
 
 422 (not 400) is used for content that parsed as HTTP but cannot be used, consistently for the
 dermserve API and the OIP routes, so clients can tell "fix your input" (4xx) apart by code alone.
@@ -46,13 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batching import BatcherClosed, DeadlineExceeded, InferenceError, QueueFullError
-from service.dataplane import (
-    DataPlaneError,
-    InvalidInputError,
-    ModelNotFoundError,
-    NoImagesError,
-    TooManyImagesError,
-)
+from service.inputs import InvalidInputError, ModelNotFoundError, NoImagesError, RequestError, TooManyImagesError
 from service.jobs import JobFinishedError, JobNotFoundError
 from service.preprocessing import ImageDecodeError
 
@@ -82,12 +54,14 @@ class ErrorRule:
 
     Attributes:
         status: HTTP status code.
+        meaning: what the answer means for the client (the OpenAPI response description).
         headers: optional function of the exception returning extra response headers.
         expose: False -> the body says ``fallback`` instead of the exception's message.
         fallback: the generic message used when ``expose`` is False.
     """
 
     status: int
+    meaning: str = ""
     headers: Callable[[Any], dict[str, str]] | None = None
     expose: bool = True
     fallback: str = ""
@@ -98,34 +72,50 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
     return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
 
 
+_RETRY_5 = {"Retry-After": "5"}
+
 #: exception type -> rule. Looked up along the exception's MRO, so subclasses inherit rules.
 ERROR_TABLE: dict[type[BaseException], ErrorRule] = {
-    ImageDecodeError: ErrorRule(422),
-    InvalidInputError: ErrorRule(422),
-    RequestValidationError: ErrorRule(422),
-    NoImagesError: ErrorRule(422),
-    TooManyImagesError: ErrorRule(413),
-    PayloadTooLargeError: ErrorRule(413),
-    UnsupportedMediaTypeError: ErrorRule(415),
-    AuthenticationError: ErrorRule(401, headers=lambda e: {"WWW-Authenticate": "Bearer"}),
-    ModelNotFoundError: ErrorRule(404),
-    JobNotFoundError: ErrorRule(404),
-    JobFinishedError: ErrorRule(409),
-    QueueFullError: ErrorRule(503, headers=lambda e: {"Retry-After": str(e.retry_after_s)}),
-    BatcherClosed: ErrorRule(503, headers=lambda e: {"Retry-After": "5"}),
-    NotReadyError: ErrorRule(503, headers=lambda e: {"Retry-After": "5"}),
-    DeadlineExceeded: ErrorRule(504),
-    InferenceError: ErrorRule(500),
-    DataPlaneError: ErrorRule(422),
+    ImageDecodeError: ErrorRule(422, "an image cannot be decoded; `detail` names it (index, id, reason)"),
+    InvalidInputError: ErrorRule(422, "unusable input: undecodable image, invalid base64 or malformed tensor; "
+                                      "`detail` names each failed image (index, id, reason)"),
+    RequestValidationError: ErrorRule(422, "the request (body, path or query) does not have the expected shape; "
+                                           "`detail` lists loc / msg / type per problem"),
+    NoImagesError: ErrorRule(422, "the request holds no image"),
+    TooManyImagesError: ErrorRule(413, "too many images in the request"),
+    PayloadTooLargeError: ErrorRule(413, "the body is larger than its limit"),
+    UnsupportedMediaTypeError: ErrorRule(415, "unsupported Content-Type"),
+    AuthenticationError: ErrorRule(401, "missing or wrong API key", headers=lambda e: {"WWW-Authenticate": "Bearer"}),
+    ModelNotFoundError: ErrorRule(404, "unknown model name or version"),
+    JobNotFoundError: ErrorRule(404, "no such job for this API key (unknown, expired, or another key's job)"),
+    JobFinishedError: ErrorRule(409, "the job has already finished"),
+    QueueFullError: ErrorRule(503, "the queue is full; retry after `Retry-After` seconds (estimated)",
+                              headers=lambda e: {"Retry-After": str(e.retry_after_s)}),
+    BatcherClosed: ErrorRule(503, "shutting down", headers=lambda e: _RETRY_5),
+    NotReadyError: ErrorRule(503, "not ready yet (model loading, warm-up) or shutting down",
+                             headers=lambda e: _RETRY_5),
+    DeadlineExceeded: ErrorRule(504, "the request deadline passed before inference started"),
+    InferenceError: ErrorRule(500, "the model call failed (logged)"),
+    RequestError: ErrorRule(422, "unusable request"),
     StarletteHTTPException: ErrorRule(0, headers=lambda e: dict(e.headers or {})),  # status from the exception
 }
 
-_INTERNAL = ErrorRule(500, expose=False, fallback="internal server error (see the server log for this request id)")
+_INTERNAL = ErrorRule(500, "internal error (logged with the request id)", expose=False,
+                      fallback="internal server error (see the server log for this request id)")
+
+#: What a route reading an image upload can answer besides success (for :func:`error_responses`).
+UPLOAD_ERRORS: tuple[type[BaseException], ...] = (
+    AuthenticationError, TooManyImagesError, PayloadTooLargeError, UnsupportedMediaTypeError, InvalidInputError,
+    NoImagesError, RequestValidationError, NotReadyError)
+#: ... and one that classifies the upload at once.
+INFERENCE_ERRORS = (*UPLOAD_ERRORS, QueueFullError, DeadlineExceeded, InferenceError)
 
 
-def rule_for(exc: BaseException) -> ErrorRule:
-    """The :data:`ERROR_TABLE` rule for ``exc`` (nearest class in its MRO), else a generic 500."""
-    for cls in type(exc).__mro__:
+def rule_for(exc: BaseException | type[BaseException]) -> ErrorRule:
+    """The :data:`ERROR_TABLE` rule for an exception or exception type (nearest class in its MRO),
+    else a generic 500."""
+    exc_type = exc if isinstance(exc, type) else type(exc)
+    for cls in exc_type.__mro__:
         if cls in ERROR_TABLE:
             return ERROR_TABLE[cls]
     return _INTERNAL
@@ -142,7 +132,7 @@ def error_body(exc: BaseException, request_id: str | None) -> tuple[int, dict[st
     elif isinstance(exc, RequestValidationError):
         message = "the request body does not have the expected shape"
         detail = _validation_detail(exc)
-    elif isinstance(exc, DataPlaneError):
+    elif isinstance(exc, RequestError):
         message = exc.message
         detail = exc.detail
     elif isinstance(exc, ImageDecodeError):
@@ -177,16 +167,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _handler)
 
 
-#: OpenAPI ``responses`` entries for documenting error answers on routes.
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` mapping documenting the given statuses with the :class:`ErrorResponse` model."""
+def error_responses(*raised: type[BaseException]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route that can raise ``raised``: per status, the :class:`ErrorResponse`
+    model and the :data:`ERROR_TABLE` meanings of those exceptions."""
     from schemas.api import ErrorResponse
 
-    text = {
-        401: "missing or wrong API key", 404: "unknown model", 409: "conflict with the resource's state",
-        413: "too many images or body too large",
-        415: "unsupported Content-Type", 422: "undecodable image / invalid base64 / malformed body "
-        "(detail names each failed image index)", 500: "inference failed",
-        503: "not ready, shutting down, or queue full (see Retry-After)", 504: "deadline exceeded before inference",
-    }
-    return {s: {"model": ErrorResponse, "description": text.get(s, "error")} for s in statuses}
+    meanings: dict[int, list[str]] = {}
+    for exc_type in raised:
+        rule = rule_for(exc_type)
+        meanings.setdefault(rule.status, [])
+        if rule.meaning not in meanings[rule.status]:
+            meanings[rule.status].append(rule.meaning)
+    return {status: {"model": ErrorResponse, "description": "; ".join(texts)}
+            for status, texts in sorted(meanings.items())}

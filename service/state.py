@@ -10,31 +10,29 @@ from typing import TYPE_CHECKING
 from service.metrics import Metrics
 from service.settings import Settings
 
-if TYPE_CHECKING:  # keep this module free of onnxruntime imports
+if TYPE_CHECKING:
     from service.batching import DynamicBatcher
+    from service.components import Components
     from service.dataplane import DataPlane
-    from service.jobs.plane import JobPlane
-    from service.runtime import ModelRuntime
+    from service.jobs.service import JobsService
 
 
 @dataclass
 class AppState:
     """What one app instance holds; stored as ``app.state.dermserve``.
 
-    ``ready`` turns True only after the model is loaded (sha256 verified), warmed up and the
-    batcher started; :meth:`begin_shutdown` turns it False at once (SIGTERM or lifespan exit).
+    ``ready`` turns True only after every component is started (model loaded with its sha256
+    verified, warmed up, batcher and job runner running); :meth:`begin_shutdown` turns it False at
+    once (SIGTERM or lifespan exit).
     """
 
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
-    runtime: ModelRuntime | None = None
-    batcher: DynamicBatcher | None = None
-    dataplane: DataPlane | None = None
-    #: asynchronous jobs (``/jobs``); set by the lifespan once the job store is open
-    jobs: JobPlane | None = None
+    #: the running parts (see :mod:`service.components`); set by the lifespan once all have started
+    components: Components | None = None
     ready: bool = False
     shutting_down: bool = False
-    #: requests that passed the readiness gate (``routes.deps.get_dataplane``) and are not answered yet
+    #: requests that passed the readiness gate (``routes.deps.ready_dataplane``) and are not answered yet
     inflight: int = 0
     #: ``time.monotonic()`` by which shutdown must be over; set by the first :meth:`begin_shutdown`
     shutdown_deadline: float | None = None
@@ -47,14 +45,14 @@ class AppState:
         connections) shares. Safe to call from a signal handler (it only sets attributes).
         """
         if self.shutdown_deadline is None:
-            self.shutdown_deadline = time.monotonic() + self.settings.shutdown_grace_s
+            self.shutdown_deadline = time.monotonic() + self.settings.server.shutdown_grace_s
         self.shutting_down = True
         self.ready = False
 
     def shutdown_remaining_s(self) -> float:
         """Seconds left of the shutdown budget (>= 0); the full ``shutdown_grace_s`` before shutdown."""
         if self.shutdown_deadline is None:
-            return self.settings.shutdown_grace_s
+            return self.settings.server.shutdown_grace_s
         return max(0.0, self.shutdown_deadline - time.monotonic())
 
     async def wait_accepted_answered(self, poll_s: float = 0.02) -> bool:
@@ -68,6 +66,19 @@ class AppState:
                 return False
             await asyncio.sleep(poll_s)
         return True
+
+    @property
+    def batcher(self) -> DynamicBatcher | None:
+        return self.components.batcher if self.components else None
+
+    @property
+    def dataplane(self) -> DataPlane | None:
+        return self.components.dataplane if self.components else None
+
+    @property
+    def jobs(self) -> JobsService | None:
+        """The jobs service (``/jobs``)."""
+        return self.components.jobs if self.components else None
 
     @property
     def is_ready(self) -> bool:

@@ -13,19 +13,18 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
+
+from benchmarks.processes import SERVICE_CMD, NotReady, free_port, service_env, start_process
+from benchmarks.processes import wait_ready as wait_http_ready
+from trainer.data import split_rows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,9 +54,7 @@ def ham_dir() -> Path:
 @pytest.fixture(scope="session")
 def test_images(ham_dir: Path) -> Callable[..., list[Path]]:
     """``test_images(n, offset=0)``: ``n`` test-split image paths, sorted by image_id (deterministic)."""
-    with open(ham_dir / "labels.csv", newline="") as fh:
-        rows = sorted((r for r in csv.DictReader(fh) if r["split"] == "test"), key=lambda r: r["image_id"])
-    paths = [ham_dir / r["filename"] for r in rows]
+    paths = [ham_dir / r["filename"] for r in split_rows(ham_dir, "test")]
 
     def pick(n: int, offset: int = 0) -> list[Path]:
         chosen = paths[offset: offset + n]
@@ -83,13 +80,6 @@ def runtime(model_dir: Path):
     from service.runtime import ModelRuntime
 
     return ModelRuntime(model_dir, ["CPUExecutionProvider"], intra_op_threads=1, inter_op_threads=1)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -123,40 +113,23 @@ class ServerProcess:
 def spawn_server(log_path: Path, env_overrides: dict[str, str], model_dir: Path) -> ServerProcess:
     """Start ``python -m service`` on 127.0.0.1:<free port> (without waiting)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMSERVE_")}
-    env.update({
-        "DERMSERVE_HOST": "127.0.0.1",
-        "DERMSERVE_PORT": str(port),
-        "DERMSERVE_MODEL_DIR": str(model_dir),
+    env = service_env(port, model_dir, log_path.parent / "jobs", {  # a job store per server, never the repo's .cache
         "DERMSERVE_PROVIDERS": '["CPUExecutionProvider"]',
         "DERMSERVE_INTRA_OP_THREADS": "1",
         "DERMSERVE_DECODE_THREADS": "2",
         "DERMSERVE_SHUTDOWN_GRACE_S": "5",
-        "DERMSERVE_JOBS_DIR": str(log_path.parent / "jobs"),  # a job store per server, never the repo's .cache
-        "PYTHONUNBUFFERED": "1",
+        **env_overrides,
     })
-    env.update(env_overrides)
-    fh = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stdout=fh,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    fh.close()
-    return ServerProcess(proc, port, log_path, env)
+    return ServerProcess(start_process(SERVICE_CMD, env, log_path, REPO_ROOT), port, log_path, env)
 
 
 def wait_ready(server: ServerProcess, timeout: float = 90.0) -> None:
     """Poll ``/health/ready`` until 200; fail with the server log if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            pytest.fail(f"server exited with {server.proc.returncode} before becoming ready:\n{server.log()}")
-        try:
-            if httpx.get(server.base_url + "/health/ready", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    pytest.fail(f"server not ready after {timeout} s:\n{server.log()}")
+    try:
+        wait_http_ready(server.base_url + "/health/ready", server.proc, timeout, poll_s=0.1, request_timeout_s=2.0)
+    except NotReady as exc:
+        server.stop()
+        pytest.fail(f"service not ready: {exc}:\n{server.log()}")
 
 
 @pytest.fixture(scope="session")

@@ -487,7 +487,6 @@ def test_error_table_statuses_and_headers():
     from fastapi.exceptions import RequestValidationError
 
     from service.batching import BatcherClosed, DeadlineExceeded, InferenceError, QueueFullError
-    from service.dataplane import InvalidInputError, ModelNotFoundError, NoImagesError, TooManyImagesError
     from service.errors import (
         AuthenticationError,
         NotReadyError,
@@ -495,6 +494,7 @@ def test_error_table_statuses_and_headers():
         UnsupportedMediaTypeError,
         error_body,
     )
+    from service.inputs import InvalidInputError, ModelNotFoundError, NoImagesError, TooManyImagesError
     from service.preprocessing import ImageDecodeError
 
     cases = [

@@ -14,10 +14,12 @@ import pytest
 from service.batching import (
     BatcherClosed,
     BatcherObserver,
+    BatchPolicy,
     DeadlineExceeded,
     DynamicBatcher,
     InferenceError,
     QueueFullError,
+    QueueLimits,
 )
 from service.preprocessing import preprocess_file
 
@@ -118,8 +120,8 @@ def test_results_never_cross_callers_real_model(runtime, test_images):
     rec = Recorder()
 
     async def body():
-        b = DynamicBatcher(runtime.run_logits, max_batch_size=8, max_batch_delay_ms=5, max_queue_images=64,
-                           observer=rec)
+        b = DynamicBatcher(runtime.run_logits, BatchPolicy(max_batch_size=8, max_delay_s=0.005),
+                           QueueLimits(max_images=64), observer=rec)
         b.start()
         results = await asyncio.gather(*(b.submit([arrays[j] for j in g]) for g in groups))
         await b.close(5)
@@ -141,7 +143,8 @@ def test_batches_form_and_rows_route_back():
     rec = Recorder()
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=10, max_queue_images=64, observer=rec)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=8, max_delay_s=0.01),
+                           QueueLimits(max_images=64), observer=rec)
         b.start()
         outs = await asyncio.gather(*(b.submit([img(m)]) for m in range(40)))
         await b.close(5)
@@ -159,7 +162,7 @@ def test_multi_image_request_spans_batches_in_order():
     rec = Recorder()
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=3, max_batch_delay_ms=1, observer=rec)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=3, max_delay_s=0.001), observer=rec)
         b.start()
         out = await b.submit(np.stack([img(m) for m in range(10, 18)]))
         await b.close(5)
@@ -176,7 +179,7 @@ def test_lone_request_is_not_delayed():
     model = FakeModel()
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=32, max_batch_delay_ms=3000)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=32, max_delay_s=3))
         b.start()
         times = []
         for m in (1, 2):  # idle again before the second
@@ -197,7 +200,7 @@ def test_partial_batch_closes_after_max_batch_delay():
     rec = Recorder()
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=16, max_batch_delay_ms=400, observer=rec)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=16, max_delay_s=0.4), observer=rec)
         b.start()
         first = asyncio.create_task(b.submit([img(1)]))
         await wait_started(model)
@@ -223,7 +226,7 @@ def test_full_batch_closes_before_the_delay():
     rec = Recorder()
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=4, max_batch_delay_ms=5000, observer=rec)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=4, max_delay_s=5), observer=rec)
         b.start()
         first = asyncio.create_task(b.submit([img(1)]))
         await wait_started(model)
@@ -248,7 +251,8 @@ def test_queue_full_refuses_whole_request_atomically():
     rec = Recorder()
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=1, max_queue_images=4, observer=rec)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=8, max_delay_s=0.001),
+                           QueueLimits(max_images=4), observer=rec)
         b.start()
         running = asyncio.create_task(b.submit([img(1)]))
         await wait_started(model)  # image 1 is inside the model, not in the queue
@@ -278,13 +282,13 @@ def test_deadline_drops_unstarted_images():
     rec = Recorder()
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=1, request_timeout_ms=10_000, observer=rec)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=8, max_delay_s=0.001), request_timeout_s=10, observer=rec)
         b.start()
         running = asyncio.create_task(b.submit([img(1)]))
         await wait_started(model)
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded):
-            await b.submit([img(2), img(3)], timeout_ms=150)
+            await b.submit([img(2), img(3)], timeout_s=0.15)
         waited = time.monotonic() - t0
         assert b.queue_depth == 0, "expired images must leave the queue"
         model.gate.set()
@@ -304,7 +308,7 @@ def test_cancelled_caller_has_unstarted_images_removed():
     model = FakeModel(blocking=True)
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=1)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=8, max_delay_s=0.001))
         b.start()
         running = asyncio.create_task(b.submit([img(1)]))
         await wait_started(model)
@@ -333,7 +337,7 @@ def test_failing_batch_fails_only_its_callers_and_batcher_keeps_serving():
     model = FakeModel(blocking=True, poison=13)
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=2, max_batch_delay_ms=1)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=2, max_delay_s=0.001))
         b.start()
         first = asyncio.create_task(b.submit([img(1)]))
         await wait_started(model)
@@ -357,7 +361,7 @@ def test_failing_batch_fails_only_its_callers_and_batcher_keeps_serving():
 
 def test_wrong_output_shape_is_an_inference_error():
     async def body():
-        b = DynamicBatcher(lambda x: np.zeros((x.shape[0] + 1, 7), np.float32), max_batch_size=4)
+        b = DynamicBatcher(lambda x: np.zeros((x.shape[0] + 1, 7), np.float32), BatchPolicy(max_batch_size=4))
         b.start()
         with pytest.raises(InferenceError):
             await b.submit([img(1)])
@@ -370,7 +374,7 @@ def test_drain_finishes_accepted_work_and_refuses_new():
     model = FakeModel(blocking=True)
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=4, max_batch_delay_ms=1000)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=4, max_delay_s=1))
         b.start()
         a = asyncio.create_task(b.submit([img(1)]))
         await wait_started(model)
@@ -416,7 +420,7 @@ def test_inline_when_idle_runs_a_lone_image_on_the_event_loop_thread():
         return np.zeros((len(batch), 2), np.float32)
 
     async def body(inline: bool):
-        b = DynamicBatcher(model, max_batch_size=4, inline_when_idle=inline)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=4), inline_when_idle=inline)
         b.start()
         await b.submit([img(1)])
         await b.close(5)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from test_batching import FakeModel, img, run, wait_started
 
-from service.batching import BACKGROUND, DynamicBatcher, QueueFullError
+from service.batching import BACKGROUND, BatchPolicy, DynamicBatcher, QueueFullError, QueueLimits
+from service.traffic import InteractiveTraffic
 
 
 def test_interactive_images_go_first_and_background_share_is_capped():
@@ -20,8 +21,9 @@ def test_interactive_images_go_first_and_background_share_is_capped():
     model = FakeModel(blocking=True)
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=0, max_queue_images=16,
-                           max_background_images=16, max_background_per_batch=2, max_background_per_batch_busy=2)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=8, max_delay_s=0.0, background_per_batch=2,
+                                              background_per_batch_busy=2),
+                           QueueLimits(max_images=16, max_background_images=16))
         b.start()
         first = asyncio.ensure_future(b.submit([img(1)]))
         await wait_started(model)  # the worker is busy with marker 1
@@ -52,8 +54,9 @@ def test_background_batches_shrink_while_interactive_traffic_is_active():
     model = FakeModel(blocking=True)
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=8, max_batch_delay_ms=0, max_background_images=32,
-                           max_background_per_batch=4, max_background_per_batch_busy=1, busy_window_ms=60_000)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=8, max_delay_s=0.0, background_per_batch=4,
+                                              background_per_batch_busy=1),
+                           QueueLimits(max_background_images=32), traffic=InteractiveTraffic(60))
         b.start()
         # 1) no interactive traffic yet: a background-only batch takes the full share (4)
         first = asyncio.ensure_future(b.submit([img(100 + i) for i in range(6)], priority=BACKGROUND))
@@ -73,14 +76,14 @@ def test_background_batches_shrink_while_interactive_traffic_is_active():
         await asyncio.gather(inter, bg)
         n_before = len(model.batches)
         # 3) quiet (window 0), then an announcement alone (request still decoding) counts again
-        b.busy_window_s = 0.0
+        b.traffic.busy_window_s = 0.0
         assert not b.interactive_active
-        b.busy_window_s = 60.0
-        b.note_interactive()
+        b.traffic.busy_window_s = 60.0
+        b.traffic.note()
         assert b.interactive_active
         out = await b.submit([img(150 + i) for i in range(3)], priority=BACKGROUND)
         # 4) quiet again: full share
-        b.busy_window_s = 0.0
+        b.traffic.busy_window_s = 0.0
         out2 = await b.submit([img(160 + i) for i in range(4)], priority=BACKGROUND)
         await b.close(5)
         return n_before, out, out2
@@ -102,8 +105,9 @@ def test_a_slot_stays_free_for_background_work_under_full_interactive_load():
     model = FakeModel(blocking=True)
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=4, max_batch_delay_ms=0, max_queue_images=16,
-                           max_background_images=4, max_background_per_batch=2, max_background_per_batch_busy=1)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=4, max_delay_s=0.0, background_per_batch=2,
+                                              background_per_batch_busy=1),
+                           QueueLimits(max_images=16, max_background_images=4))
         b.start()
         first = asyncio.ensure_future(b.submit([img(1)]))
         await wait_started(model)
@@ -124,8 +128,8 @@ def test_background_work_does_not_fill_the_interactive_queue():
     model = FakeModel(blocking=True)
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=4, max_batch_delay_ms=0, max_queue_images=2,
-                           max_background_images=6)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=4, max_delay_s=0.0),
+                           QueueLimits(max_images=2, max_background_images=6))
         b.start()
         first = asyncio.ensure_future(b.submit([img(1)]))
         await wait_started(model)
@@ -150,7 +154,7 @@ def test_cancelled_background_caller_leaves_the_queue():
     model = FakeModel(blocking=True)
 
     async def body():
-        b = DynamicBatcher(model, max_batch_size=4, max_batch_delay_ms=0, max_background_images=8)
+        b = DynamicBatcher(model, BatchPolicy(max_batch_size=4, max_delay_s=0.0), QueueLimits(max_background_images=8))
         b.start()
         first = asyncio.ensure_future(b.submit([img(1)]))
         await wait_started(model)
@@ -171,7 +175,7 @@ def test_cancelled_background_caller_leaves_the_queue():
 
 def test_unknown_priority_is_refused():
     async def body():
-        b = DynamicBatcher(FakeModel(), max_batch_size=2)
+        b = DynamicBatcher(FakeModel(), BatchPolicy(max_batch_size=2))
         b.start()
         with pytest.raises(ValueError):
             await b.submit([img(1)], priority="urgent")

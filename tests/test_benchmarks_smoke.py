@@ -43,7 +43,8 @@ def test_cpu_accounting_from_proc_and_metrics_counters() -> None:
     import os
     import time
 
-    from benchmarks.run import cpu_accounting, tree_cpu_s
+    from benchmarks.processes import tree_cpu_s
+    from benchmarks.wrk import cpu_accounting
 
     t0 = tree_cpu_s(os.getpid())
     end = time.process_time() + 0.3

@@ -1,22 +1,20 @@
 """Background decoding yields to interactive requests (no HTTP, no model): job images are decoded
-only while no ``/predict`` request is in flight, with a bounded wait so jobs still progress."""
+only while no ``/predict`` request is in flight, with a bounded wait so jobs still progress; and the
+idle fast path of interactive decoding."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from service.batching import DynamicBatcher
-from service.dataplane import DataPlane, EncodedImage
+from service.decoder import ImageDecoder
+from service.inputs import EncodedImage
 from service.preprocessing import PreprocessSpec
-from service.runtime import load_manifest
-
-MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+from service.traffic import InteractiveTraffic
 
 
 def _jpeg(seed: int) -> bytes:
@@ -26,24 +24,25 @@ def _jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def _dataplane(pool: ThreadPoolExecutor) -> DataPlane:
-    spec = PreprocessSpec(height=32, width=32)
-    batcher = DynamicBatcher(lambda b: np.zeros((len(b), 7), np.float32), max_batch_size=4)
-    return DataPlane(load_manifest(MODEL_DIR), spec, "CPUExecutionProvider", batcher, pool)
+def _decoder(pool: ThreadPoolExecutor, traffic: InteractiveTraffic, yield_wait_s: float | None = None,
+             inline_max_bytes: int = 0) -> ImageDecoder:
+    return ImageDecoder(PreprocessSpec(height=32, width=32), pool, traffic, yield_wait_s=yield_wait_s,
+                        inline_max_bytes=inline_max_bytes)
 
 
 def test_background_decode_waits_for_interactive_requests_to_finish():
     async def body():
         with ThreadPoolExecutor(1) as pool:
-            dp = _dataplane(pool)
+            traffic = InteractiveTraffic()
+            decoder = _decoder(pool, traffic, yield_wait_s=30.0)
             images = [EncodedImage(data=_jpeg(i), id=f"i{i}") for i in range(3)]
-            assert await dp.wait_interactive_idle(0.01)  # nothing in flight
-            with dp.interactive():
-                task = asyncio.ensure_future(dp.decode_all(images, yield_to_interactive_s=30.0))
+            assert await traffic.wait_idle(0.01)  # nothing in flight
+            with traffic.request():
+                task = asyncio.ensure_future(decoder.decode(images))
                 await asyncio.sleep(0.2)
                 assert not task.done(), "job decoding ran while an interactive request was in flight"
             arrays = await asyncio.wait_for(task, 30)
-            assert len(arrays) == 3 and arrays[0].shape == (32, 32, 3)
+            assert len(arrays) == 3 and arrays[0].pixels.shape == (32, 32, 3)
 
     asyncio.run(body())
 
@@ -52,11 +51,12 @@ def test_background_decode_still_progresses_under_sustained_interactive_load():
     """The wait per image is bounded: with a request permanently in flight, 3 images still decode."""
     async def body():
         with ThreadPoolExecutor(1) as pool:
-            dp = _dataplane(pool)
+            traffic = InteractiveTraffic()
+            decoder = _decoder(pool, traffic, yield_wait_s=0.02)
             images = [EncodedImage(data=_jpeg(i), id=f"i{i}") for i in range(3)]
-            with dp.interactive():
-                assert not await dp.wait_interactive_idle(0.01)
-                arrays = await asyncio.wait_for(dp.decode_all(images, yield_to_interactive_s=0.02), 30)
+            with traffic.request():
+                assert not await traffic.wait_idle(0.01)
+                arrays = await asyncio.wait_for(decoder.decode(images), 30)
             assert len(arrays) == 3
 
     asyncio.run(body())
@@ -74,18 +74,18 @@ def test_idle_fast_path_decodes_a_lone_small_image_without_the_pool():
 
     async def body():
         with CountingPool(1) as pool:
-            dp = _dataplane(pool)
+            dp = _decoder(pool, InteractiveTraffic())
             small = EncodedImage(data=_jpeg(1), id="a")
-            dp.inline_decode_max_bytes = 0
-            await dp.decode_all([small])
+            dp.inline_max_bytes = 0
+            await dp.decode([small])
             assert CountingPool.submitted == 1
-            dp.inline_decode_max_bytes = 1 << 20
-            out = await dp.decode_all([small])
-            assert CountingPool.submitted == 1 and out[0].shape == (32, 32, 3)
-            await dp.decode_all([small, small])
+            dp.inline_max_bytes = 1 << 20
+            out = await dp.decode([small])
+            assert CountingPool.submitted == 1 and out[0].pixels.shape == (32, 32, 3)
+            await dp.decode([small, small])
             assert CountingPool.submitted == 3
-            dp.inline_decode_max_bytes = 100
-            await dp.decode_all([small])
+            dp.inline_max_bytes = 100
+            await dp.decode([small])
             assert CountingPool.submitted == 4
 
     asyncio.run(body())

@@ -578,7 +578,7 @@ def _settings_cls():
 
 
 def test_dermserve_vars_are_settings_fields():
-    fields = _settings_cls().model_fields
+    fields = _settings_cls().flat_names()
     texts = _deploy_texts()
     assert DEPLOY_README.name in {Path(n).name for n in texts}, "deploy/README.md missing"
     used = {v for t in texts.values() for v in VAR_RE.findall(t)}
@@ -600,22 +600,22 @@ def _settings_from(env: dict[str, str], monkeypatch):
 def test_configured_values_are_accepted(monkeypatch):
     cm = _k8s("ConfigMap")["data"]
     s = _settings_from({**cm, "DERMSERVE_API_KEYS": '["k1"]'}, monkeypatch)
-    assert s.host == "0.0.0.0" and s.port == 8000 and s.providers == ["CPUExecutionProvider"]
-    assert s.shutdown_grace_s == float(cm["DERMSERVE_SHUTDOWN_GRACE_S"])
-    assert [k.get_secret_value() for k in s.api_keys] == ["k1"]
+    assert s.server.host == "0.0.0.0" and s.server.port == 8000 and s.runtime.providers == ["CPUExecutionProvider"]
+    assert s.server.shutdown_grace_s == float(cm["DERMSERVE_SHUTDOWN_GRACE_S"])
+    assert [k.get_secret_value() for k in s.access.api_keys] == ["k1"]
 
     compose = _yaml().safe_load(COMPOSE_FILE.read_text())["services"]
     for name in ("dermserve", "dermserve-gpu"):
         env = {k: _expand_defaults(str(v)) for k, v in compose[name]["environment"].items()}
         s = _settings_from(env, monkeypatch)
-        assert s.api_keys == [] and s.intra_op_threads == 2
+        assert s.access.api_keys == [] and s.runtime.intra_op_threads == 2
 
     for df in ("Dockerfile", "Dockerfile.gpu"):
         env_line = " ".join(a for k, a in _final_stage(ROOT / df) if k == "ENV")
         env = {m.group(1): m.group(2).strip("'\"")
                for m in re.finditer(r"(DERMSERVE_[A-Z_]+)=('[^']*'|\S+)", env_line)}
         s = _settings_from(env, monkeypatch)
-        assert str(s.model_dir) == "/opt/dermserve/models/default"
+        assert str(s.runtime.model_dir) == "/opt/dermserve/models/default"
 
     (isvc,) = _load_all(KSERVE_FILE)
     env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["containers"][0]["env"]

@@ -326,12 +326,14 @@ def test_failing_model_calls_are_retried_then_fail_the_job(tmp_path, model_dir):
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from service.batching import DynamicBatcher
-    from service.dataplane import DataPlane
+    from service.answers import AnswerShaper, ReferralRule
+    from service.batching import BatchPolicy, DynamicBatcher, QueueLimits
+    from service.decoder import ImageDecoder
     from service.jobs.runner import JobRunner
     from service.jobs.store import JobStore, sqlite_url
     from service.preprocessing import PreprocessSpec
     from service.runtime import load_manifest
+    from service.settings import JobSettings
 
     from io import BytesIO
 
@@ -351,12 +353,14 @@ def test_failing_model_calls_are_retried_then_fail_the_job(tmp_path, model_dir):
 
         async def body() -> str:
             store = JobStore(sqlite_url(tmp_path / f"f{fail_calls}"))
-            batcher = DynamicBatcher(model, max_batch_size=4, max_background_images=8)
+            batcher = DynamicBatcher(model, BatchPolicy(max_batch_size=4), QueueLimits(max_background_images=8))
             batcher.start()
             with ThreadPoolExecutor(1) as pool:
-                dp = DataPlane(load_manifest(model_dir), PreprocessSpec(height=16, width=16),
-                               "CPUExecutionProvider", batcher, pool)
-                runner = JobRunner(store, dp, batcher, chunk_images=2, poll_interval_s=0.02, max_attempts=3)
+                manifest = load_manifest(model_dir)
+                answers = AnswerShaper(manifest, ReferralRule.resolve(manifest), "CPUExecutionProvider")
+                decoder = ImageDecoder(PreprocessSpec(height=16, width=16), pool, batcher.traffic, yield_wait_s=0.05)
+                runner = JobRunner(store, decoder, batcher, answers,
+                                   JobSettings(chunk_images=2, poll_interval_s=0.02, max_attempts=3))
                 store.create("j" * 32, None, None, [("a", buf.getvalue()), ("b", buf.getvalue())])
                 await runner.start()
                 for _ in range(500):

@@ -87,7 +87,8 @@ def test_export_writes_verified_model_dir(exported: Path):
 def test_failed_parity_writes_nothing(exported: Path, ham_dir: Path, monkeypatch):
     """A parity failure must leave no model directory behind."""
     import export.parity as parity
-    from export.convert import ExportError, export_run
+    from export.convert import export_run
+    from export.errors import ExportError
 
     monkeypatch.setattr(parity, "MAX_ABS_DIFF", -1.0)  # impossible threshold
     target = exported / "should-not-exist"

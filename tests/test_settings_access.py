@@ -34,16 +34,16 @@ def test_api_keys_from_env_comma_separated_or_json(monkeypatch, raw, keys):
     _clean_env(monkeypatch)
     monkeypatch.setenv("DERMSERVE_API_KEYS", raw)
     s = Settings(_env_file=None)
-    assert [k.get_secret_value() for k in s.api_keys] == keys
+    assert [k.get_secret_value() for k in s.access.api_keys] == keys
     assert all(k not in repr(s) for k in keys)  # SecretStr: never printed
 
 
 def test_cors_origins_from_env_comma_separated(monkeypatch):
     _clean_env(monkeypatch)
     monkeypatch.setenv("DERMSERVE_CORS_ORIGINS", "http://a.example, http://b.example")
-    assert Settings(_env_file=None).cors_origins == ["http://a.example", "http://b.example"]
+    assert Settings(_env_file=None).access.cors_origins == ["http://a.example", "http://b.example"]
     monkeypatch.delenv("DERMSERVE_CORS_ORIGINS")
-    assert Settings(_env_file=None).cors_origins == []  # CORS off unless configured
+    assert Settings(_env_file=None).access.cors_origins == []  # CORS off unless configured
 
 
 def test_bad_settings_refuse_startup_without_echoing_secrets():
@@ -61,9 +61,9 @@ def test_thread_defaults_follow_cpu_affinity_not_host_cores(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3})
     s = Settings(_env_file=None)
-    assert (s.intra_op_threads, s.decode_threads) == (2, 2)
+    assert (s.runtime.intra_op_threads, s.decode.threads) == (2, 2)
     monkeypatch.setenv("DERMSERVE_INTRA_OP_THREADS", "1")
-    assert Settings(_env_file=None).intra_op_threads == 1  # explicit settings still win
+    assert Settings(_env_file=None).runtime.intra_op_threads == 1  # explicit settings still win
 
 
 @pytest.mark.parametrize(("host", "keys", "warned"), [

@@ -60,6 +60,12 @@ def read_labels(data_dir: Path) -> list[dict[str, str]]:
     return rows
 
 
+def split_rows(data_dir: Path, split: str = "test") -> list[dict[str, str]]:
+    """The rows of one split of ``data_dir/labels.csv``, sorted by ``image_id`` (a deterministic order
+    for tests and benchmarks; see :func:`read_labels` for the columns and the checks)."""
+    return sorted((r for r in read_labels(Path(data_dir)) if r["split"] == split), key=lambda r: r["image_id"])
+
+
 def select_rows(rows: list[dict[str, str]], split: str, limit: int | None, seed: int) -> list[dict[str, str]]:
     """Rows of one split; with ``limit``, a seeded class-stratified subset of at most ``limit`` rows."""
     chosen = [r for r in rows if r["split"] == split]

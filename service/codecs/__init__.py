@@ -1,1 +1,2 @@
-"""Protocol codecs: pure functions between wire formats (DICOM, FHIR) and arrays/predictions, no HTTP."""
+"""Protocol codecs: pure functions between wire formats (Open Inference Protocol V2, DICOM, FHIR) and
+arrays/predictions, no HTTP."""

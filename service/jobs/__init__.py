@@ -4,8 +4,8 @@
   to share one queue between replicas): jobs, their images until computed, their results;
 - :mod:`service.jobs.runner` -- claims chunks of stored images, feeds them to the dynamic batcher at
   background priority, stores the results; sweeps expired jobs; refreshes the job metrics;
-- :mod:`service.jobs.plane` -- what the routes call: validate and persist a submission, read and
-  cancel jobs (no HTTP here either).
+- :mod:`service.jobs.service` -- the jobs service, what the routes call: validate and persist a
+  submission, read and cancel jobs (no HTTP here either).
 """
 
 from __future__ import annotations

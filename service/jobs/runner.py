@@ -2,9 +2,9 @@
 stores the results; sweeps expired jobs and refreshes the job metrics (asyncio; no HTTP).
 
 One runner per service process (a *worker*, id ``host:pid:random``). It keeps at most
-``max_inflight`` chunks of ``chunk_images`` images in the batcher, so job work never holds more
-than ``chunk_images * max_inflight`` images of the batcher's background queue, and interactive
-``/predict`` images are always batched first (see :mod:`service.batching`).
+``max_inflight_chunks`` chunks of ``chunk_images`` images in the batcher, so job work never holds
+more than ``chunk_images * max_inflight_chunks`` images of the batcher's background queue, and
+interactive ``/predict`` images are always batched first (see :mod:`service.batching`).
 
 Failure handling per chunk:
 
@@ -27,11 +27,14 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Executor
 
+from service.answers import AnswerShaper
 from service.batching import BACKGROUND, BatcherClosed, DeadlineExceeded, DynamicBatcher, InferenceError, QueueFullError
-from service.dataplane import DataPlane, EncodedImage, InvalidInputError
+from service.decoder import ImageDecoder
+from service.inputs import EncodedImage, InvalidInputError
 from service.jobs.store import ClaimedItem, JobStore, StoreStats
+from service.outputs import as_model_output
+from service.settings import JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,41 +49,29 @@ class JobRunner:
 
     Args:
         store: the job store.
-        dataplane: decoding (its thread pool) and shaping of predictions, as for ``/predict``.
-        batcher: the shared dynamic batcher (job images go in at background priority).
-        chunk_images: images claimed and submitted at a time.
-        max_inflight: chunks in the batcher at once.
-        lease_s: seconds a claim lasts (also the batcher deadline of a chunk, in ms * 1000).
-        poll_interval_s: seconds between queue looks when idle (:meth:`wake` short-cuts it).
-        sweep_interval_s: seconds between retention sweeps.
-        retention_s: finished jobs older than this (seconds since finishing) are deleted.
+        decoder: the job decoder (its own thread pool, so job decoding never queues ahead of
+            ``/predict`` images; yield mode, so it runs in the gaps between them).
+        batcher: the shared dynamic batcher (job images go in at background priority); its
+            ``traffic`` tells when ``/predict`` requests are in flight.
+        answers: shapes each image's prediction, as for ``/predict``.
+        settings: the ``jobs`` settings group: ``chunk_images`` claimed and submitted at a time,
+            ``max_inflight_chunks`` in the batcher at once, ``lease_s`` per claim (also the batcher
+            deadline of a chunk), ``poll_interval_s`` between queue looks when idle (:meth:`wake`
+            short-cuts it), ``sweep_interval_s`` / ``retention_s`` for deleting finished jobs,
+            ``max_attempts`` claims per image before its job is marked failed, and
+            ``yield_max_wait_s``, the bounded wait for a gap before store work.
         on_stats: called with :class:`StoreStats` after each refresh (metrics), on the event loop.
         worker_id: this worker's id (default :func:`new_worker_id`).
-        decode_executor: thread pool decoding job images (default: the dataplane's pool); a separate
-            pool keeps job decoding from queueing ahead of ``/predict`` images.
-        max_attempts: claims per image before its job is marked failed (transient failures retry).
-        yield_to_interactive_s: job images are decoded one at a time, each once no ``/predict``
-            request is in flight, waiting at most this long (seconds) per image (None = no yielding).
     """
 
-    def __init__(self, store: JobStore, dataplane: DataPlane, batcher: DynamicBatcher, *, chunk_images: int = 8,
-                 max_inflight: int = 2, lease_s: float = 60.0, poll_interval_s: float = 1.0,
-                 sweep_interval_s: float = 60.0, retention_s: float = 7 * 24 * 3600.0,
-                 on_stats: Callable[[StoreStats], None] | None = None, worker_id: str | None = None,
-                 decode_executor: Executor | None = None, yield_to_interactive_s: float | None = 0.05,
-                 max_attempts: int = 3) -> None:
+    def __init__(self, store: JobStore, decoder: ImageDecoder, batcher: DynamicBatcher, answers: AnswerShaper,
+                 settings: JobSettings, *, on_stats: Callable[[StoreStats], None] | None = None,
+                 worker_id: str | None = None) -> None:
         self.store = store
-        self.max_attempts = max_attempts
-        self.yield_to_interactive_s = yield_to_interactive_s
-        self.decode_executor = decode_executor
-        self.dataplane = dataplane
+        self.decoder = decoder
         self.batcher = batcher
-        self.chunk_images = chunk_images
-        self.max_inflight = max_inflight
-        self.lease_s = lease_s
-        self.poll_interval_s = poll_interval_s
-        self.sweep_interval_s = sweep_interval_s
-        self.retention_s = retention_s
+        self.answers = answers
+        self.settings = settings
         self.on_stats = on_stats
         self.worker_id = worker_id or new_worker_id()
         self._wakeup = asyncio.Event()
@@ -126,11 +117,11 @@ class JobRunner:
     async def _claim_loop(self) -> None:
         while not self._stopping:
             claimed: list[ClaimedItem] = []
-            if len(self._inflight) < self.max_inflight and self.batcher.running:
+            if len(self._inflight) < self.settings.max_inflight_chunks and self.batcher.running:
                 await self._gap()  # store work holds the GIL: do it between /predict requests
                 try:
-                    claimed = await asyncio.to_thread(self.store.claim, self.worker_id, self.chunk_images,
-                                                      self.lease_s)
+                    claimed = await asyncio.to_thread(self.store.claim, self.worker_id,
+                                                      self.settings.chunk_images, self.settings.lease_s)
                     claimed = await self._drop_exhausted(claimed)
                 except Exception:  # noqa: BLE001 - database hiccup: log, back off, retry (claims expire)
                     log.exception("claiming job images failed")
@@ -142,23 +133,23 @@ class JobRunner:
                 continue
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
+                await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_interval_s)
             except TimeoutError:
                 pass
 
     async def _gap(self) -> None:
-        """Wait (bounded) until no ``/predict`` request is in flight, unless yielding is off."""
-        if self.yield_to_interactive_s is not None:
-            await self.dataplane.wait_interactive_idle(self.yield_to_interactive_s)
+        """Wait (at most ``yield_max_wait_s``) until no ``/predict`` request is in flight."""
+        await self.batcher.traffic.wait_idle(self.settings.yield_max_wait_s)
 
     async def _drop_exhausted(self, claimed: list[ClaimedItem]) -> list[ClaimedItem]:
         """Fail the jobs of images claimed more than ``max_attempts`` times; return the rest."""
-        over = {i.job_id for i in claimed if i.attempts > self.max_attempts}
+        max_attempts = self.settings.max_attempts
+        over = {i.job_id for i in claimed if i.attempts > max_attempts}
         if not over:
             return claimed
         log.error("%d jobs failed: an image was claimed more than %d times without a result", len(over),
-                  self.max_attempts, extra={"event": "job_attempts_exhausted"})
-        await asyncio.to_thread(self.store.fail, over, f"an image was claimed more than {self.max_attempts} times "
+                  max_attempts, extra={"event": "job_attempts_exhausted"})
+        await asyncio.to_thread(self.store.fail, over, f"an image was claimed more than {max_attempts} times "
                                 "without a result")
         keep = [i for i in claimed if i.job_id not in over]
         return keep
@@ -174,12 +165,12 @@ class JobRunner:
 
     async def _maintenance_loop(self) -> None:
         last_sweep = 0.0
-        refresh_s = min(self.sweep_interval_s, 5.0)
+        refresh_s = min(self.settings.sweep_interval_s, 5.0)
         while not self._stopping:
             try:
-                if time.monotonic() - last_sweep >= self.sweep_interval_s:
+                if time.monotonic() - last_sweep >= self.settings.sweep_interval_s:
                     last_sweep = time.monotonic()
-                    deleted = await asyncio.to_thread(self.store.sweep, self.retention_s)
+                    deleted = await asyncio.to_thread(self.store.sweep, self.settings.retention_s)
                     if deleted:
                         log.info("deleted %d expired jobs", deleted, extra={"event": "jobs_expired"})
                 await self.refresh_stats()
@@ -196,47 +187,54 @@ class JobRunner:
 
     # ---------------------------------------------------------------- one chunk
     async def _run_chunk(self, items: list[ClaimedItem]) -> None:
-        dp = self.dataplane
-        keys = [(i.job_id, i.idx, i.attempts) for i in items]
-        lease_end = time.monotonic() + self.lease_s  # claimed just before this task started
+        lease_end = time.monotonic() + self.settings.lease_s  # claimed just before this task started
         try:
-            arrays = await dp.decode_all([EncodedImage(data=i.data, id=i.image_id) for i in items],
-                                         self.decode_executor, yield_to_interactive_s=self.yield_to_interactive_s)
+            decoded = await self.decoder.decode([EncodedImage(data=i.data, id=i.image_id) for i in items])
             # only what is left of the lease: never compute a chunk whose claim may have passed on
-            left_ms = (lease_end - time.monotonic()) * 1000.0 - min(1000.0, self.lease_s * 100.0)
-            if left_ms <= 0:
+            left_s = lease_end - time.monotonic() - min(1.0, self.settings.lease_s * 0.1)
+            if left_s <= 0:
                 raise DeadlineExceeded("the claim's lease ran out while decoding")
-            probs = await self.batcher.submit(arrays, timeout_ms=left_ms, priority=BACKGROUND)
+            output = as_model_output(await self.batcher.submit([d.pixels for d in decoded], timeout_s=left_s,
+                                                               priority=BACKGROUND))
         except InvalidInputError as exc:
-            bad = {items[d["index"]].job_id for d in exc.detail or []}
-            log.error("stored images of %d jobs no longer decode; failing them", len(bad))
-            await asyncio.to_thread(self.store.fail, bad, "a stored image could not be decoded")
-            await asyncio.to_thread(self.store.release, self.worker_id,
-                                    [(i.job_id, i.idx, i.attempts) for i in items if i.job_id not in bad])
+            await self._undecodable(items, exc)
             return
         except InferenceError:
-            retry = [i for i in items if i.attempts < self.max_attempts]
-            give_up = {i.job_id for i in items if i.attempts >= self.max_attempts}
-            log.warning("inference failed for a job chunk of %d images; %d put back for another attempt",
-                        len(items), len(retry), extra={"event": "job_chunk_inference_failed"})
-            if give_up:
-                await asyncio.to_thread(self.store.fail, give_up,
-                                        f"inference failed {self.max_attempts} times for an image of this job")
-            await asyncio.to_thread(lambda: self.store.release(
-                self.worker_id, [(i.job_id, i.idx, i.attempts) for i in retry if i.job_id not in give_up],
-                count_attempt=True))
-            await asyncio.sleep(self.poll_interval_s)
+            await self._retry_or_fail(items)
             return
         except (BatcherClosed, QueueFullError, DeadlineExceeded) as exc:
             log.info("job chunk of %d images put back: %s", len(items), exc)
-            await asyncio.to_thread(self.store.release, self.worker_id, keys)
-            await asyncio.sleep(self.poll_interval_s)
+            await asyncio.to_thread(self.store.release, self.worker_id, [(i.job_id, i.idx, i.attempts) for i in items])
+            await asyncio.sleep(self.settings.poll_interval_s)
             return
         await self._gap()  # shaping + storing cost GIL time too
-        results = [(i.job_id, i.idx, dp.shape_prediction(i.idx, i.image_id, probs[k]).model_dump_json())
-                   for k, i in enumerate(items)]
-        stored = await asyncio.to_thread(self.store.complete, self.worker_id, results, dp.manifest.name,
-                                         dp.manifest.version)
+        results = [(i.job_id, i.idx, self.answers.prediction(i.idx, d, output.image(k)).model_dump_json())
+                   for k, (i, d) in enumerate(zip(items, decoded))]
+        ref = self.answers.model_ref
+        stored = await asyncio.to_thread(self.store.complete, self.worker_id, results, ref.name, ref.version)
         if stored < len(results):
             log.info("%d of %d job results discarded (job cancelled or claim lost)", len(results) - stored,
                      len(results))
+
+    async def _undecodable(self, items: list[ClaimedItem], exc: InvalidInputError) -> None:
+        """Stored images no longer decode: fail their jobs (no endless retry), put the rest back."""
+        bad = {items[d["index"]].job_id for d in exc.detail or []}
+        log.error("stored images of %d jobs no longer decode; failing them", len(bad))
+        await asyncio.to_thread(self.store.fail, bad, "a stored image could not be decoded")
+        await asyncio.to_thread(self.store.release, self.worker_id,
+                                [(i.job_id, i.idx, i.attempts) for i in items if i.job_id not in bad])
+
+    async def _retry_or_fail(self, items: list[ClaimedItem]) -> None:
+        """The model call failed: put the chunk back for another attempt; fail jobs out of attempts."""
+        max_attempts = self.settings.max_attempts
+        retry = [i for i in items if i.attempts < max_attempts]
+        give_up = {i.job_id for i in items if i.attempts >= max_attempts}
+        log.warning("inference failed for a job chunk of %d images; %d put back for another attempt",
+                    len(items), len(retry), extra={"event": "job_chunk_inference_failed"})
+        if give_up:
+            await asyncio.to_thread(self.store.fail, give_up,
+                                    f"inference failed {max_attempts} times for an image of this job")
+        await asyncio.to_thread(lambda: self.store.release(
+            self.worker_id, [(i.job_id, i.idx, i.attempts) for i in retry if i.job_id not in give_up],
+            count_attempt=True))
+        await asyncio.sleep(self.settings.poll_interval_s)

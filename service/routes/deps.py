@@ -1,18 +1,22 @@
-"""Shared route dependencies: app state, readiness gate, API-key check, disconnect handling."""
+"""Shared route dependencies as typed aliases: app state, readiness gate, API key, disconnect handling.
+
+Routes declare what they need by type (``dp: ReadyDataPlane``, ``owner: CallerKeyHash``); the
+aliases carry the ``Depends(...)``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.dataplane import DataPlane
 from service.errors import AuthenticationError, NotReadyError
+from service.jobs.service import JobsService, key_hash
 from service.state import AppState
 
 T = TypeVar("T")
@@ -30,62 +34,49 @@ async def get_state(request: Request) -> AppState:
     return request.app.state.dermserve
 
 
-async def get_dataplane(state: AppState = Depends(get_state)) -> AsyncIterator[DataPlane]:
+State = Annotated[AppState, Depends(get_state)]
+
+
+async def ready_dataplane(state: State) -> AsyncIterator[DataPlane]:
     """The dataplane, or :class:`NotReadyError` (-> 503) before warm-up / during shutdown.
 
     This is the readiness gate that defines an *accepted* request: one that passed it is counted
     in ``state.inflight`` until its answer has been sent (a yield dependency ends after the
     response), so a graceful shutdown can wait for exactly those (see ``service.__main__``).
     """
-    if not state.is_ready or state.dataplane is None:
+    dataplane = state.dataplane
+    if not state.is_ready or dataplane is None:
         raise NotReadyError(state.not_ready_reason())
     state.inflight += 1
     try:
-        yield state.dataplane
+        yield dataplane
     finally:
         state.inflight -= 1
 
 
-async def require_api_key(
-    state: AppState = Depends(get_state),
-    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    api_key: str | None = Depends(_api_key_header),
-) -> None:
-    """Accept the request when no keys are configured or a configured key is presented.
+async def started_jobs(state: State) -> JobsService:
+    """The jobs service, or :class:`NotReadyError` (-> 503) before start-up completed."""
+    if state.jobs is None:
+        raise NotReadyError(state.not_ready_reason())
+    return state.jobs
+
+
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+ApiKeyHeader = Annotated[str | None, Depends(_api_key_header)]
+
+
+def presented_key(state: AppState, bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> bytes | None:
+    """The configured API key the caller presented, or None when authentication is off.
 
     Keys come from the ``api_keys`` setting and may be sent as ``Authorization: Bearer <key>`` or
-    ``X-API-Key: <key>``. Comparison uses :func:`hmac.compare_digest` (constant time per key).
+    ``X-API-Key: <key>``. Every presented value is compared with every key with
+    :func:`hmac.compare_digest` (constant time per comparison, no early exit).
 
     Raises:
-        AuthenticationError: -> 401 with ``WWW-Authenticate: Bearer``.
+        AuthenticationError: keys are configured and none was presented (-> 401 with
+            ``WWW-Authenticate: Bearer``).
     """
-    keys = state.settings.api_keys
-    if not keys:
-        return
-    presented = [c.encode() for c in (bearer.credentials if bearer else None, api_key) if c]
-    ok = False
-    for cand in presented:
-        for key in keys:
-            ok |= hmac.compare_digest(cand, key.get_secret_value().encode())
-    if not ok:
-        raise AuthenticationError(
-            "missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-        )
-
-
-async def caller_key_hash(
-    state: AppState = Depends(get_state),
-    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    api_key: str | None = Depends(_api_key_header),
-) -> str | None:
-    """sha256 hex of the configured API key the caller presented; None when authentication is off.
-
-    Ties asynchronous jobs to their owner: the job store keeps this hash, never the key.
-
-    Raises:
-        AuthenticationError: keys are configured and none was presented (-> 401).
-    """
-    keys = state.settings.api_keys
+    keys = state.settings.access.api_keys
     if not keys:
         return None
     presented = [c.encode() for c in (bearer.credentials if bearer else None, api_key) if c]
@@ -97,9 +88,25 @@ async def caller_key_hash(
                 match = secret
     if match is None:
         raise AuthenticationError(
-            "missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-        )
-    return hashlib.sha256(match).hexdigest()
+            "missing or invalid API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+    return match
+
+
+async def require_api_key(state: State, bearer: Bearer, api_key: ApiKeyHeader) -> None:
+    """Router dependency: accept the request when no keys are configured or a configured key is presented."""
+    presented_key(state, bearer, api_key)
+
+
+async def caller_key_hash(state: State, bearer: Bearer, api_key: ApiKeyHeader) -> str | None:
+    """sha256 hex of the caller's API key (None when authentication is off): ties asynchronous jobs to
+    their owner; the job store keeps this hash, never the key."""
+    key = presented_key(state, bearer, api_key)
+    return None if key is None else key_hash(key)
+
+
+ReadyDataPlane = Annotated[DataPlane, Depends(ready_dataplane)]
+Jobs = Annotated[JobsService, Depends(started_jobs)]
+CallerKeyHash = Annotated[str | None, Depends(caller_key_hash)]
 
 
 class ClientDisconnected(Exception):

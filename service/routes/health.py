@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from schemas.api import HealthStatus
 from service.errors import NotReadyError, error_responses
-from service.routes.deps import get_state
-from service.state import AppState
+from service.routes.deps import State
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -19,9 +18,10 @@ async def live() -> HealthStatus:
     return HealthStatus(status="alive")
 
 
-@router.get("/ready", operation_id="health_ready", response_model=HealthStatus, responses=error_responses(503),
+@router.get("/ready", operation_id="health_ready", response_model=HealthStatus,
+            responses=error_responses(NotReadyError),
             summary="Readiness: 200 only after model load (sha256 verified) and warm-up")
-async def ready(state: AppState = Depends(get_state)) -> HealthStatus:
+async def ready(state: State) -> HealthStatus:
     """200 when requests can be served; 503 before warm-up, when the worker died, and from the
     first moment of shutdown (SIGTERM) on."""
     if not state.is_ready:

@@ -57,6 +57,63 @@ def _decode(value: bytes) -> str:
         return value.decode("latin-1")
 
 
+class _Collector:
+    """python-multipart callbacks that collect the parts, enforcing the count and field-size limits."""
+
+    def __init__(self, max_files: int, max_fields: int, max_field_bytes: int) -> None:
+        self.max_files, self.max_fields, self.max_field_bytes = max_files, max_fields, max_field_bytes
+        self.parts: list[Part] = []
+        self.cur = _Current()
+        self.files = self.fields = 0
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
+                "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
+                "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
+                "on_part_end": self.on_part_end}
+
+    def on_part_begin(self) -> None:
+        self.cur = _Current()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.cur.header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.cur.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        cur = self.cur
+        if cur.header_name.lower() == b"content-disposition":
+            cur.disposition = cur.header_value
+        cur.header_name, cur.header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        cur = self.cur
+        _, options = parse_options_header(cur.disposition)
+        if b"name" not in options:
+            raise MultipartError('a part has no Content-Disposition "name"')
+        cur.name = _decode(options[b"name"])
+        if b"filename" in options:
+            cur.filename = _decode(options[b"filename"])
+            self.files += 1
+            if self.files > self.max_files:
+                raise TooManyPartsError(f"too many files: at most {self.max_files}", "files")
+        else:
+            self.fields += 1
+            if self.fields > self.max_fields:
+                raise TooManyPartsError(f"too many fields: at most {self.max_fields}", "fields")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        cur = self.cur
+        cur.size += end - start
+        if cur.filename is None and cur.size > self.max_field_bytes:
+            raise MultipartError(f"the text field {cur.name!r} is over {self.max_field_bytes} bytes")
+        cur.chunks.append(data[start:end])
+
+    def on_part_end(self) -> None:
+        self.parts.append(Part(self.cur.name, self.cur.filename, b"".join(self.cur.chunks)))
+
+
 async def read_parts(request: Request, *, max_files: int, max_fields: int, max_field_bytes: int) -> list[Part]:
     """Parse the request's multipart body (streamed) into :class:`Part` objects, in body order.
 
@@ -75,58 +132,12 @@ async def read_parts(request: Request, *, max_files: int, max_fields: int, max_f
     boundary = params.get(b"boundary")
     if not boundary:
         raise MultipartError("missing boundary in the multipart Content-Type")
-    parts: list[Part] = []
-    cur = _Current()
-    counts = {"files": 0, "fields": 0}
-
-    def on_part_begin() -> None:
-        nonlocal cur
-        cur = _Current()
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        cur.header_name += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        cur.header_value += data[start:end]
-
-    def on_header_end() -> None:
-        if cur.header_name.lower() == b"content-disposition":
-            cur.disposition = cur.header_value
-        cur.header_name, cur.header_value = b"", b""
-
-    def on_headers_finished() -> None:
-        _, options = parse_options_header(cur.disposition)
-        if b"name" not in options:
-            raise MultipartError('a part has no Content-Disposition "name"')
-        cur.name = _decode(options[b"name"])
-        if b"filename" in options:
-            cur.filename = _decode(options[b"filename"])
-            counts["files"] += 1
-            if counts["files"] > max_files:
-                raise TooManyPartsError(f"too many files: at most {max_files}", "files")
-        else:
-            counts["fields"] += 1
-            if counts["fields"] > max_fields:
-                raise TooManyPartsError(f"too many fields: at most {max_fields}", "fields")
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        cur.size += end - start
-        if cur.filename is None and cur.size > max_field_bytes:
-            raise MultipartError(f"the text field {cur.name!r} is over {max_field_bytes} bytes")
-        cur.chunks.append(data[start:end])
-
-    def on_part_end() -> None:
-        parts.append(Part(cur.name, cur.filename, b"".join(cur.chunks)))
-
-    parser = MultipartParser(boundary, {  # type: ignore[arg-type]
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    collector = _Collector(max_files, max_fields, max_field_bytes)
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     try:
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
         raise MultipartError(f"invalid multipart data: {exc}") from None
-    return parts
+    return collector.parts

@@ -1,8 +1,8 @@
-"""Open Inference Protocol V2 (KServe ``specification/protocol/inference_rest.md``).
+"""Open Inference Protocol V2 routes (KServe ``specification/protocol/inference_rest.md``).
 
 Health (no authentication): ``GET /v2/health/live``, ``GET /v2/health/ready``.
 Server/model (API key when configured): ``GET /v2``, ``GET /v2/models/{name}[/versions/{v}]``,
-``GET .../ready``, ``POST .../infer``.
+``GET .../ready``, ``POST .../infer``. The tensor codec is :mod:`service.codecs.v2`.
 
 Deviations and choices: "not ready" answers are 503 (the spec asks for a 4xx; clients such as
 ``tritonclient`` only test for 200); errors are ``{"error": "..."}`` plus ``request_id``; invalid
@@ -12,13 +12,8 @@ inputs are 422 like the rest of the API. The binary tensor data extension (heade
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from fastapi.responses import Response
 
 import service
 from schemas.api import (
@@ -29,15 +24,20 @@ from schemas.api import (
     ReadyResponse,
     ServerMetadataResponse,
 )
-from service.dataplane import DataPlane, InvalidInputError
-from service.errors import NotReadyError, UnsupportedMediaTypeError, error_responses
-from service.routes.deps import ClientDisconnected, cancel_on_disconnect, get_dataplane, get_state, require_api_key
-from service.state import AppState
+from service.codecs import v2
+from service.errors import INFERENCE_ERRORS, AuthenticationError, NotReadyError, error_responses
+from service.inputs import ModelNotFoundError
+from service.routes import bodies
+from service.routes.deps import ClientDisconnected, ReadyDataPlane, State, cancel_on_disconnect, require_api_key
 
 open_router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], dependencies=[Depends(require_api_key)])
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
+_MODEL_ERRORS = error_responses(AuthenticationError, ModelNotFoundError, NotReadyError)
+_INFER_ERRORS = error_responses(*INFERENCE_ERRORS, ModelNotFoundError)
+_INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}
+_MEDIA_HINT = "use application/json (or application/octet-stream with Inference-Header-Content-Length)"
 
 
 @open_router.get("/health/live", operation_id="v2_health_live", response_model=LiveResponse)
@@ -47,8 +47,8 @@ async def v2_live() -> LiveResponse:
 
 
 @open_router.get("/health/ready", operation_id="v2_health_ready", response_model=ReadyResponse,
-                 responses=error_responses(503))
-async def v2_ready(state: AppState = Depends(get_state)) -> ReadyResponse:
+                 responses=error_responses(NotReadyError))
+async def v2_ready(state: State) -> ReadyResponse:
     """Server readiness: 200 after model load and warm-up, else 503."""
     if not state.is_ready:
         raise NotReadyError(state.not_ready_reason())
@@ -62,22 +62,20 @@ async def v2_server_metadata() -> ServerMetadataResponse:
 
 
 @router.get("/models/{name}", operation_id="v2_model_metadata", response_model=ModelMetadataResponse,
-            responses=error_responses(401, 404, 503))
+            responses=_MODEL_ERRORS)
 @router.get("/models/{name}/versions/{version}", operation_id="v2_model_version_metadata",
-            response_model=ModelMetadataResponse, responses=error_responses(401, 404, 503))
-async def v2_model_metadata(name: str, version: str | None = None,
-                            dp: DataPlane = Depends(get_dataplane)) -> ModelMetadataResponse:
+            response_model=ModelMetadataResponse, responses=_MODEL_ERRORS)
+async def v2_model_metadata(name: str, dp: ReadyDataPlane, version: str | None = None) -> ModelMetadataResponse:
     """Model metadata: the BYTES input `images`, the UINT8 pixel input, the FP32 output `probabilities`."""
     dp.check_model(name, version)
     return dp.v2_metadata()
 
 
 @router.get("/models/{name}/ready", operation_id="v2_model_ready", response_model=ReadyResponse,
-            responses=error_responses(401, 404, 503))
+            responses=_MODEL_ERRORS)
 @router.get("/models/{name}/versions/{version}/ready", operation_id="v2_model_version_ready",
-            response_model=ReadyResponse, responses=error_responses(401, 404, 503))
-async def v2_model_ready(name: str, version: str | None = None,
-                         dp: DataPlane = Depends(get_dataplane)) -> ReadyResponse:
+            response_model=ReadyResponse, responses=_MODEL_ERRORS)
+async def v2_model_ready(name: str, dp: ReadyDataPlane, version: str | None = None) -> ReadyResponse:
     """Model readiness: 200 when the named model is loaded and warmed up."""
     dp.check_model(name, version)
     return ReadyResponse(ready=True)
@@ -93,48 +91,23 @@ order in `parameters.classes`. Decision support, not a diagnosis.
 
 
 @router.post("/models/{name}/infer", operation_id="v2_model_infer", response_model=InferenceResponse,
-             description=_INFER_DESCRIPTION, responses=error_responses(401, 404, 413, 415, 422, 500, 503, 504),
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}})
+             description=_INFER_DESCRIPTION, responses=_INFER_ERRORS, openapi_extra=_INFER_BODY)
 @router.post("/models/{name}/versions/{version}/infer", operation_id="v2_model_version_infer",
-             response_model=InferenceResponse, description=_INFER_DESCRIPTION,
-             responses=error_responses(401, 404, 413, 415, 422, 500, 503, 504),
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}})
-async def v2_infer(name: str, request: Request, version: str | None = None,
-                   dp: DataPlane = Depends(get_dataplane)) -> Response:
+             response_model=InferenceResponse, description=_INFER_DESCRIPTION, responses=_INFER_ERRORS,
+             openapi_extra=_INFER_BODY)
+async def v2_infer(name: str, request: Request, dp: ReadyDataPlane, version: str | None = None) -> Response:
     """Run inference (JSON, or JSON header + binary tensor data)."""
     dp.check_model(name, version)
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in ("", "application/json", "application/octet-stream"):
-        raise UnsupportedMediaTypeError(f"Content-Type {media!r} is not supported; use application/json "
-                                        "(or application/octet-stream with Inference-Header-Content-Length)")
+    bodies.media_type(request, ("", bodies.JSON, "application/octet-stream"), _MEDIA_HINT)
     dp.refuse_if_full()  # overload: 503 before reading and parsing the body, as /predict does
-    body = await request.body()
-    header_len = request.headers.get(HEADER_LENGTH)
-    binary = b""
-    if header_len is not None:
-        try:
-            n = int(header_len)
-            if not 0 <= n <= len(body):
-                raise ValueError
-        except ValueError:
-            raise InvalidInputError(f"{HEADER_LENGTH} must be an integer between 0 and the body size") from None
-        body, binary = body[:n], body[n:]
-    try:
-        infer_request = await asyncio.to_thread(InferenceRequest.model_validate_json, body)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
+    head, binary = v2.split_body(await request.body(), request.headers.get(v2.HEADER_LENGTH))
+    infer_request = await bodies.validate_json(InferenceRequest, head)
     try:
         response, binary_out = await cancel_on_disconnect(request, dp.v2_infer(infer_request, binary))
     except ClientDisconnected:
         return Response(status_code=499)
-    payload = response.model_dump(exclude_none=True)
-    if binary_out is None:
-        return JSONResponse(payload)
-    head = json.dumps(payload).encode()
-    return Response(head + binary_out, media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(len(head))})
+    content, media, headers = v2.http_body(response, binary_out)
+    return Response(content, media_type=media, headers=headers)
 
 
 def _version() -> str:

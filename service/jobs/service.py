@@ -1,4 +1,5 @@
-"""What the ``/jobs`` routes call: validate and persist a submission, read and cancel jobs (no HTTP)."""
+"""The jobs service: what the ``/jobs`` routes call -- validate and persist a submission, read and
+cancel jobs (no HTTP)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,19 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from datetime import UTC, datetime
 
 from schemas.api import DISCLAIMER, JobAccepted, JobStatus, ModelRef, Prediction
-from service.dataplane import DataPlane, EncodedImage, NoImagesError, TooManyImagesError, decode_base64
+from service.decoder import ImageDecoder
+from service.inputs import EncodedImage, NoImagesError, TooManyImagesError
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore, JobView
+from service.settings import JobSettings
 
 
-def key_hash(api_key: str) -> str:
+def key_hash(api_key: bytes) -> str:
     """sha256 hex of an API key: what the store keeps to tie a job to its owner (never the key)."""
-    return hashlib.sha256(api_key.encode()).hexdigest()
+    return hashlib.sha256(api_key).hexdigest()
 
 
 def iso_utc(t: float | None) -> str | None:
@@ -27,34 +29,29 @@ def iso_utc(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class JobPlane:
+class JobsService:
     """Submission, status and cancellation of asynchronous jobs.
 
     Args:
         store: the job store.
-        dataplane: for the up-front decode check (same per-image 422 errors as ``/predict``).
+        decoder: the job decoder (its own pool, yield mode) for the up-front decode check (same
+            per-image 422 errors as ``/predict``).
         runner: woken when a job is stored.
-        max_images_per_job: more images -> :class:`TooManyImagesError` (413).
-        decode_executor: thread pool for the decode check (default: the dataplane's pool).
-        yield_to_interactive_s: the decode check runs one image at a time in the gaps between
-            ``/predict`` requests, waiting at most this long (seconds) per image (None = all at once).
-        max_concurrent_uploads: ``POST /jobs`` bodies read and stored at once (the route holds
-            :attr:`upload_slots` while reading): bounds memory, as each study is held whole.
-        max_check_wait_s: total seconds one submission's decode check may wait for gaps; then it
-            decodes without waiting (so a big study under heavy ``/predict`` load is still answered).
+        settings: the ``jobs`` settings group (``max_images``, ``max_concurrent_uploads``).
+        max_check_wait_s: total seconds one submission's decode check may wait for gaps between
+            ``/predict`` requests; then it decodes without waiting (so a big study under heavy
+            ``/predict`` load is still answered).
     """
 
-    def __init__(self, store: JobStore, dataplane: DataPlane, runner: JobRunner, max_images_per_job: int,
-                 decode_executor: Executor | None = None, yield_to_interactive_s: float | None = 0.05,
-                 max_concurrent_uploads: int = 2, max_check_wait_s: float = 2.0) -> None:
+    def __init__(self, store: JobStore, decoder: ImageDecoder, runner: JobRunner, settings: JobSettings,
+                 max_check_wait_s: float = 2.0) -> None:
         self.store = store
-        self.upload_slots = asyncio.Semaphore(max_concurrent_uploads)
-        self.max_check_wait_s = max_check_wait_s
-        self.yield_to_interactive_s = yield_to_interactive_s
-        self.decode_executor = decode_executor
-        self.dataplane = dataplane
+        self.decoder = decoder
         self.runner = runner
-        self.max_images_per_job = max_images_per_job
+        self.max_images_per_job = settings.max_images
+        #: held by the route while it reads a body: bounds memory, as each study is held whole
+        self.upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
+        self.max_check_wait_s = max_check_wait_s
 
     def check_count(self, n: int) -> None:
         """Raise :class:`NoImagesError` for 0 and :class:`TooManyImagesError` above ``max_images_per_job``."""
@@ -81,11 +78,9 @@ class JobPlane:
         """
         self.check_count(len(images))
         # decode once to check (arrays dropped), in the gaps between interactive requests
-        await self.dataplane.decode_all(images, self.decode_executor, yield_to_interactive_s=self.yield_to_interactive_s,
-                                        max_total_wait_s=self.max_check_wait_s)
+        await self.decoder.decode(images, max_total_wait_s=self.max_check_wait_s)
         # base64 of a whole study is tens of MB: decode it off the event loop
-        raw = await asyncio.to_thread(
-            lambda: [(img.id, img.data if img.data is not None else decode_base64(img.b64 or "")) for img in images])
+        raw = await asyncio.to_thread(lambda: [(img.id, img.raw()) for img in images])
         job_id = uuid.uuid4().hex
         await asyncio.to_thread(self.store.create, job_id, owner, reference, raw)
         self.runner.wake()

@@ -1,0 +1,132 @@
+"""Shaping answers: one image's model output -> a :class:`~schemas.api.Prediction` (with the referral
+rule), and the ``GET /model`` summary. No HTTP, no model calls.
+
+Referral rule (documented in :class:`schemas.api.Prediction` as well)::
+
+    malignant_probability = sum of calibrated P(c) for c in manifest referral.malignant_classes
+                            (= P(mel) + P(bcc) + P(akiec) for HAM10000)
+    referral_recommended  = malignant_probability >= malignant_threshold
+                            OR top-1 probability  <  min_top_probability
+
+Both thresholds come from ``manifest.json`` (``referral.malignant_probability_threshold``,
+``referral.min_top_probability``), overridable by the ``referral`` settings group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.api import ClassOut, InputOut, ModelInfo, ModelRef, Prediction, ReferralOut
+from schemas.manifest import Manifest
+from service.decoder import DecodedImage
+from service.outputs import ImageOutput
+
+REASON_MALIGNANT = "malignant_probability_at_or_above_threshold"
+REASON_UNCERTAIN = "top_probability_below_minimum"
+
+
+def referral_decision(
+    probabilities: dict[str, float], malignant_classes: Sequence[str], malignant_threshold: float,
+    min_top_probability: float,
+) -> tuple[float, bool, list[str]]:
+    """Apply the referral rule to one image's calibrated probabilities.
+
+    Args:
+        probabilities: calibrated probability per class code (sums to 1).
+        malignant_classes: codes counted as malignant (manifest ``referral.malignant_classes``).
+        malignant_threshold: refer when the malignant probability is >= this (0..1).
+        min_top_probability: refer when the top-1 probability is < this (0..1).
+
+    Returns:
+        ``(malignant_probability, referral_recommended, reasons)`` where ``reasons`` holds
+        ``"malignant_probability_at_or_above_threshold"`` and/or ``"top_probability_below_minimum"``.
+    """
+    malignant = float(sum(probabilities.get(c, 0.0) for c in malignant_classes))
+    malignant = min(1.0, max(0.0, malignant))
+    top = max(probabilities.values())
+    reasons: list[str] = []
+    if malignant >= malignant_threshold:
+        reasons.append(REASON_MALIGNANT)
+    if top < min_top_probability:
+        reasons.append(REASON_UNCERTAIN)
+    return malignant, bool(reasons), reasons
+
+
+@dataclass(frozen=True)
+class ReferralRule:
+    """The thresholds in force and where they came from (``manifest`` or ``settings``)."""
+
+    malignant_classes: tuple[str, ...]
+    malignant_threshold: float
+    min_top_probability: float
+    source: str
+
+    @classmethod
+    def resolve(cls, manifest: Manifest, malignant_threshold: float | None = None,
+                min_top_probability: float | None = None) -> ReferralRule:
+        """The manifest's thresholds, each replaced by its override when that is not None."""
+        r = manifest.referral
+        overridden = malignant_threshold is not None or min_top_probability is not None
+        return cls(tuple(r.malignant_classes),
+                   r.malignant_probability_threshold if malignant_threshold is None else malignant_threshold,
+                   r.min_top_probability if min_top_probability is None else min_top_probability,
+                   "settings" if overridden else "manifest")
+
+    def decide(self, probabilities: dict[str, float]) -> tuple[float, bool, list[str]]:
+        """:func:`referral_decision` with these thresholds."""
+        return referral_decision(probabilities, self.malignant_classes, self.malignant_threshold,
+                                 self.min_top_probability)
+
+
+class AnswerShaper:
+    """Builds the per-image answers and the model summary of one served model.
+
+    Args:
+        manifest: the served model's manifest (class order and names, version, metrics).
+        referral: the referral thresholds in force.
+        provider: the active onnxruntime execution provider (for :meth:`model_info`).
+    """
+
+    def __init__(self, manifest: Manifest, referral: ReferralRule, provider: str) -> None:
+        self.manifest = manifest
+        self.referral = referral
+        self.provider = provider
+        self.codes = manifest.class_codes
+        self.names = {c.code: c.name for c in manifest.classes}
+        self.model_ref = ModelRef(name=manifest.name, version=manifest.version)
+
+    def prediction(self, index: int, image: DecodedImage, output: ImageOutput) -> Prediction:
+        """One image's :class:`Prediction` from its calibrated probabilities ``float32 (K,)``.
+
+        ``image.metadata`` (e.g. DICOM UIDs) and ``output.extras`` (e.g. an OOD score) arrive here
+        per image; today's answer schema has no field for them yet.
+        """
+        probs = output.probabilities
+        p = {code: float(v) for code, v in zip(self.codes, probs)}
+        top = int(np.argmax(probs))
+        malignant, refer, reasons = self.referral.decide(p)
+        return Prediction(
+            id=image.id, index=index, label=self.codes[top], label_name=self.names[self.codes[top]],
+            probability=float(probs[top]), probabilities=p, malignant_probability=malignant,
+            referral_recommended=refer, referral_reasons=reasons,  # type: ignore[arg-type]
+        )
+
+    def model_info(self) -> ModelInfo:
+        """Summary of the manifest plus the thresholds in force and the execution provider."""
+        m, r = self.manifest, self.referral
+        metrics = m.metrics.get("test", m.metrics) if isinstance(m.metrics, dict) else {}
+        return ModelInfo(
+            name=m.name, version=m.version, created_at=m.created_at.isoformat(), sha256=m.sha256,
+            classes=[ClassOut(code=c.code, name=c.name, malignant=c.code in r.malignant_classes) for c in m.classes],
+            input=InputOut(height=m.input.height, width=m.input.width, channels=m.input.channels,
+                           dtype=m.input.dtype, color_order=m.input.color_order, resize_method=m.input.resize_method),
+            calibration_temperature=m.calibration.temperature,
+            referral=ReferralOut(malignant_classes=list(r.malignant_classes),
+                                 malignant_probability_threshold=r.malignant_threshold,
+                                 min_top_probability=r.min_top_probability, source=r.source),  # type: ignore[arg-type]
+            metrics=metrics,
+            execution_provider=self.provider,
+        )
