@@ -73,9 +73,22 @@ class ReferralRule:
 
     @classmethod
     def resolve(cls, manifest: Manifest, malignant_threshold: float | None = None,
-                min_top_probability: float | None = None) -> ReferralRule:
-        """The manifest's thresholds, each replaced by its override when that is not None."""
+                min_top_probability: float | None = None, target_sensitivity: float | None = None) -> ReferralRule:
+        """The manifest's thresholds, each replaced by its override when that is not None.
+
+        ``target_sensitivity`` picks the manifest's operating point for that sensitivity
+        (``referral.operating_points``) as the malignant threshold, unless ``malignant_threshold`` is given.
+
+        Raises:
+            ValueError: no operating point in the manifest for ``target_sensitivity``.
+        """
         r = manifest.referral
+        if target_sensitivity is not None and malignant_threshold is None:
+            points = {round(p.target_sensitivity, 4): p for p in r.operating_points}
+            if round(target_sensitivity, 4) not in points:
+                raise ValueError(f"the model has no referral operating point for sensitivity {target_sensitivity}; "
+                                 f"it has {sorted(points)}")
+            malignant_threshold = points[round(target_sensitivity, 4)].malignant_probability_threshold
         overridden = malignant_threshold is not None or min_top_probability is not None
         return cls(tuple(r.malignant_classes),
                    r.malignant_probability_threshold if malignant_threshold is None else malignant_threshold,

@@ -78,3 +78,20 @@ def test_reject_policy_names_each_flagged_image(model_dir: Path):
     _shaper(model_dir, "reject").check_in_distribution(images[:1], output.take([0]))  # all inside: no error
     info = json.loads(_shaper(model_dir, "reject").model_info().model_dump_json())
     assert info["ood"]["policy"] == "reject" and info["ood"]["threshold"] == 1.0
+
+
+def test_referral_target_sensitivity_picks_the_manifest_operating_point(model_dir: Path):
+    from schemas.manifest import OperatingPoint
+
+    m = _manifest(model_dir, True)
+    ref = m.referral.model_copy(update={"operating_points": [
+        OperatingPoint(target_sensitivity=0.9, malignant_probability_threshold=0.21, sensitivity=0.9, specificity=0.7),
+        OperatingPoint(target_sensitivity=0.95, malignant_probability_threshold=0.12, sensitivity=0.95,
+                       specificity=0.55)]})
+    m = m.model_copy(update={"referral": ref})
+    assert ReferralRule.resolve(m, target_sensitivity=0.95).malignant_threshold == 0.12
+    assert ReferralRule.resolve(m, target_sensitivity=0.95).source == "settings"
+    assert ReferralRule.resolve(m, malignant_threshold=0.4, target_sensitivity=0.95).malignant_threshold == 0.4
+    assert ReferralRule.resolve(m).malignant_threshold == m.referral.malignant_probability_threshold
+    with pytest.raises(ValueError, match="no referral operating point"):
+        ReferralRule.resolve(m, target_sensitivity=0.5)
