@@ -384,6 +384,7 @@ def analyse(members_dir: Path = MEMBERS_DIR, out: Path = ENSEMBLE_DIR, target_se
                                        for d in m.dirs},
         "analysis_seconds": round(time.perf_counter() - t0, 1),
     }
+    report["training_wall_time_seconds"]["all_members"] = round(sum(report["training_wall_time_seconds"].values()), 1)
     (out / "choices.json").write_text(json.dumps(choices, indent=2))
     (out / "report.json").write_text(json.dumps(report, indent=2))
     from trainer.ensemble_report import write_markdown
