@@ -94,6 +94,8 @@ def model_options(variant: list[str], checkout: list[str], checkout_model: str, 
     """
     from benchmarks.models import checkout_model_dir
 
+    if checkout_model not in ("same", "own"):
+        raise typer.BadParameter(f"--checkout-model {checkout_model!r}: expected same or own")
     try:
         variants = resolve_variant_models(parse_variants(variant))
         checkouts = parse_checkouts(checkout)

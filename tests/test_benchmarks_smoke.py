@@ -166,6 +166,8 @@ def test_cli_refuses_bad_model_options_before_measuring(tmp_path: Path) -> None:
     ck = _fake_checkout(tmp_path / "before")
     r = runner.invoke(app, [*base, "--checkout", f"before={ck}", "--checkout-model", "theirs"])
     assert r.exit_code == 2 and "same or own" in r.output
+    r = runner.invoke(app, [*base, "--checkout-model", "theirs"])  # refused with no --checkout too
+    assert r.exit_code == 2 and "same or own" in r.output
     assert not (tmp_path / "out").exists()  # refused before anything was measured or written
 
 
