@@ -56,6 +56,8 @@ VIEW_SETS: dict[int, tuple[int, ...]] = {1: (0,), 2: (0, 4), 4: (0, 2, 4, 6), 8:
 MAX_FORWARD_PASSES = 16
 #: Logit adjustment keeps OOF accuracy at or above this (the issue's 0.78 floor plus one point of margin).
 MIN_OOF_ACCURACY = 0.79
+#: The low-confidence referral reason is kept only if it adds this much OOF specificity at equal sensitivity.
+MIN_SPECIFICITY_GAIN = 0.01
 #: Default target malignant sensitivity of the referral rule.
 TARGET_SENSITIVITY = 0.90
 #: Target sensitivities whose thresholds the manifest also carries (the service can pick one).
@@ -157,7 +159,8 @@ def referral_rule(y: np.ndarray, probs: np.ndarray, target: float) -> dict:
 
     The low-confidence reason (refer when the top-1 probability is < 0.5) is measured by choosing the
     malignant threshold again so that *both reasons together* reach the same sensitivity, and comparing
-    specificity: the reason is kept only if it raises OOF specificity.
+    specificity: the reason is kept only if it raises OOF specificity by at least
+    :data:`MIN_SPECIFICITY_GAIN` (a reason a clinician must read has to change something).
     """
     mal = is_malignant(y, CLASS_CODES)
     p_mal = malignant_probability(probs, CLASS_CODES)
@@ -182,7 +185,7 @@ def referral_rule(y: np.ndarray, probs: np.ndarray, target: float) -> dict:
             "oof_sensitivity": sens, "oof_specificity": spec,
             "with_low_confidence_reason": {"malignant_probability_threshold": t2, "oof_sensitivity": sens2,
                                            "oof_specificity": spec2},
-            "keep_low_confidence_reason": bool(spec2 > spec)}
+            "keep_low_confidence_reason": bool(spec2 - spec >= MIN_SPECIFICITY_GAIN)}
 
 
 def summary_metrics(y: np.ndarray, probs: np.ndarray) -> dict:

@@ -50,7 +50,8 @@ def write_markdown(report: dict, path: Path) -> None:
               f"specificity {_f(test['referral']['specificity'])}.",
               f"Adding the low-confidence reason (top-1 < 0.5) at the same OOF sensitivity gives OOF specificity "
               f"{_f(r['with_low_confidence_reason']['oof_specificity'])}: "
-              + ("kept." if r["keep_low_confidence_reason"] else "dropped (it adds referrals without adding sensitivity).")]
+              + ("kept." if r["keep_low_confidence_reason"] else
+                 "dropped (less than one point of specificity gained at the same sensitivity).")]
     ood = report.get("ood")
     if ood:
         lines += ["", "## Out-of-distribution guard", "",
