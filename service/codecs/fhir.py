@@ -78,6 +78,7 @@ HAM10000_NAMES: dict[str, str] = {
 REFERRAL_REASON_TEXT: dict[str, str] = {
     "malignant_probability_at_or_above_threshold": "Malignant probability at or above the referral threshold",
     "top_probability_below_minimum": "Top-1 probability below the minimum for a confident answer",
+    "out_of_distribution": "Image outside the model's training distribution (out-of-distribution guard)",
 }
 
 
@@ -166,7 +167,7 @@ def build_fhir_bundle(
             ``index``, ``id``, ``label``, ``label_name``, ``probability``, ``probabilities``
             (class -> p), ``malignant_probability``, ``referral_recommended``,
             ``referral_reasons``; optionally ``out_of_distribution`` (bool) and
-            ``out_of_distribution_score`` (float) once the model provides them.
+            ``ood_score`` (float) once the model provides them.
         model_name: the manifest's model name (-> ``Device.deviceName``, ``Observation.method``).
         model_version: the manifest's model version.
         dicom_refs: per image (same order), ``None`` for a non-DICOM image, or an object/mapping
@@ -355,9 +356,9 @@ def _observation(
     if pred.get("out_of_distribution") is not None:
         components.append(comp("out-of-distribution", "Image outside the model's training distribution",
                                valueBoolean=bool(pred["out_of_distribution"])))
-    if pred.get("out_of_distribution_score") is not None:
+    if pred.get("ood_score") is not None:
         components.append(comp("out-of-distribution-score", "Out-of-distribution score",
-                               valueQuantity={"value": round(float(pred["out_of_distribution_score"]), 6)}))
+                               valueQuantity={"value": round(float(pred["ood_score"]), 6)}))
 
     top_p = float(pred.get("probability", probabilities[label]))
     value_codings = []
