@@ -102,7 +102,7 @@ class AnswerShaper:
         """One image's :class:`Prediction` from its calibrated probabilities ``float32 (K,)``.
 
         ``image.metadata`` (e.g. DICOM UIDs) and ``output.extras`` (e.g. an OOD score) arrive here
-        per image; today's answer schema has no field for them yet.
+        per image; the DICOM UIDs are echoed (``image.uids()``; never the patient fields).
         """
         probs = output.probabilities
         p = {code: float(v) for code, v in zip(self.codes, probs)}
@@ -110,6 +110,7 @@ class AnswerShaper:
         malignant, refer, reasons = self.referral.decide(p)
         return Prediction(
             id=image.id, index=index, label=self.codes[top], label_name=self.names[self.codes[top]],
+            **image.uids(),
             probability=float(probs[top]), probabilities=p, malignant_probability=malignant,
             referral_recommended=refer, referral_reasons=reasons,  # type: ignore[arg-type]
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from service.answers import AnswerShaper, ReferralRule
 from service.batching import BatchPolicy, DynamicBatcher, QueueLimits
 from service.dataplane import DataPlane
-from service.decoder import ImageDecoder
+from service.decoder import ImageDecoder, load_formats
 from service.jobs.runner import JobRunner
 from service.jobs.service import JobsService
 from service.jobs.store import JobStore, sqlite_url
@@ -120,6 +120,7 @@ async def build_components(settings: Settings, metrics: Metrics,
     """
     runtime = await load_model(settings)
     store = await open_job_store(settings)
+    await asyncio.to_thread(load_formats)  # the DICOM codec (pydicom) loads now, not on some request's time
     async with AsyncExitStack() as stack:
         stack.push_async_callback(asyncio.to_thread, store.close)
         traffic = InteractiveTraffic(settings.batching.busy_window_s)

@@ -148,6 +148,7 @@ class DataPlane:
         # converting a large JSON tensor costs real CPU time: keep it off the event loop
         inputs = await asyncio.get_running_loop().run_in_executor(
             self.decoder.pool, v2.parse_inputs, request, binary, spec.height, spec.width)
-        _, output = await self._run(inputs.encoded, inputs)
+        images, output = await self._run(inputs.encoded, inputs)
         m = self.manifest
-        return v2.encode_response(output.probabilities, m.class_codes, m.name, m.version, request.id, want_binary)
+        return v2.encode_response(output.probabilities, m.class_codes, m.name, m.version, request.id, want_binary,
+                                  row_uids=[im.uids() for im in images])
