@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_a_real_dicom_object_decodes_with_its_uids_as_metadata():
 
     from service.codecs.dicom import preprocess_dicom
 
-    data = open(get_testdata_file("SC_rgb_rle.dcm", download=False), "rb").read()  # 100x100 RGB, RLE
+    data = Path(get_testdata_file("SC_rgb_rle.dcm", download=False)).read_bytes()  # 100x100 RGB, RLE
     (out,) = decode([EncodedImage(data=data, id="sc.dcm")])
     pixels, refs = preprocess_dicom(data, SPEC)
     np.testing.assert_array_equal(out.pixels, pixels)

@@ -213,8 +213,8 @@ def flatten(data: Any) -> Iterator[Any]:
 
 
 def encode_response(probabilities: np.ndarray, classes: Sequence[str], model_name: str, model_version: str,
-                    request_id: str | None, binary: bool,
-                    row_uids: Sequence[Mapping[str, str | None]] | None = None) -> tuple[InferenceResponse, bytes | None]:
+                    request_id: str | None, binary: bool, row_uids: Sequence[Mapping[str, str | None]] | None = None,
+                    ) -> tuple[InferenceResponse, bytes | None]:
     """The response for ``probabilities`` ``(N, K)``.
 
     Args:

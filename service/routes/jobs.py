@@ -27,8 +27,9 @@ stored and echoed back. Up to `max_images_per_job` images (setting, default 1000
 
 Images are JPEG, PNG, ... or DICOM Part 10 objects, exactly as for `POST /predict` (predictions made
 from DICOM echo the three instance UIDs). Every image is decode-checked first: a job with any unusable
-image is refused whole with the same per-image 422 answer as `/predict`. Once the answer is `202 Accepted`, the job and its images are
-persisted (they survive a crash or restart of the service). Poll `Location: /jobs/{id}`.
+image is refused whole with the same per-image 422 answer as `/predict`. Once the answer is
+`202 Accepted`, the job and its images are persisted (they survive a crash or restart of the
+service). Poll `Location: /jobs/{id}`.
 
 Jobs run through the same dynamic batcher as `/predict`, at a lower priority. Each image is deleted
 once its result is stored; finished jobs are deleted `job_retention_s` seconds after finishing.
