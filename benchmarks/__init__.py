@@ -6,7 +6,9 @@
 - :mod:`.bodies` -- the test images and the request bodies wrk posts;
 - :mod:`.servers` -- the systems under test (dermserve, naive, MLServer) and their answer check;
 - :mod:`.wrk` -- one measured point: wrk, CPU accounting, dermserve's model-call counters;
-- :mod:`.limit` -- the in-process limit (decode + model, no HTTP);
+- :mod:`.limit` -- the in-process limit (decode + model, no HTTP), one per model directory;
+- :mod:`.models` -- ``NAME=MODEL_DIR|git:REV`` options, a model directory from a git commit, the model
+  each checkout serves (``--checkout-model``) and what results record about a model;
 - :mod:`.report` -- ratios, targets, the printed table, the plot, versions and machine.
 """
 

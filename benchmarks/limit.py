@@ -1,4 +1,9 @@
-"""The limit: dermserve's own decode + preprocess and model call in this process, no HTTP."""
+"""The limit: dermserve's own decode + preprocess and model call in this process, no HTTP.
+
+The model call is :meth:`service.runtime.ModelRuntime.predict`, the call dermserve's batcher makes: the
+calibrated probabilities plus every extra output the manifest names (e.g. an ensemble's ``ood_score``).
+One :class:`Limit` per model directory: ``limit`` is the run's ``--model-dir``, ``limit@NAME`` each
+``--limit-model``."""
 
 from __future__ import annotations
 
@@ -19,10 +24,11 @@ class LimitConfig:
 
 
 class Limit:
-    """In-process decode + preprocess + onnxruntime (dermserve's own code), no HTTP."""
+    """In-process decode + preprocess + onnxruntime (dermserve's own code) for one model directory, no HTTP."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, name: str = "limit") -> None:
         self.model_dir = model_dir
+        self.name = name
         self._runtimes: dict[tuple[int, bool], object] = {}
         #: CPU ms per image and cores used in the last :meth:`measure` (process CPU time / images, / seconds)
         self.last_cpu_ms_per_image: float | None = None
@@ -60,7 +66,7 @@ class Limit:
             while True:
                 arrays = [f.result() for f in pending]
                 pending = next_batch(pool)
-                rt.predict_proba(np.stack(arrays))
+                rt.predict(np.stack(arrays))  # probabilities + extra outputs, as the server's batcher
                 done += len(arrays)
                 elapsed = time.perf_counter() - t0
                 if elapsed >= seconds:

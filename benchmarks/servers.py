@@ -46,6 +46,8 @@ class Server:
     body_format: str  # multipart | oip
     log_path: Path
     cwd: Path = REPO_ROOT
+    #: the model directory it serves (its answers are checked against this model in-process)
+    model_dir: Path | None = None
     proc: subprocess.Popen | None = None
     cold_start_s: float | None = None
     rss_rest_mb: float | None = None
@@ -104,7 +106,12 @@ def ensure_mlserver_venv(venv: Path = MLSERVER_VENV) -> Path:
 
 def make_servers(systems: list[str], model_dir: Path, variants: dict[str, dict[str, str]], log_dir: Path,
                  mlserver_batch_time_ms: float, mlserver_batch_size: int,
-                 checkouts: dict[str, Path] | None = None) -> list[Server]:
+                 checkouts: dict[str, Path] | None = None, checkout_model: str = "same") -> list[Server]:
+    """The HTTP systems, not started. Each serves ``model_dir`` except a variant that sets
+    ``DERMSERVE_MODEL_DIR`` (that directory) and, with ``checkout_model="own"``, a checkout (its own
+    ``models/default``; see :func:`benchmarks.models.checkout_model_dir`)."""
+    from benchmarks.models import checkout_model_dir
+
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("DERMSERVE_", "MLSERVER_"))}
     base_env["PYTHONUNBUFFERED"] = "1"
     servers: list[Server] = []
@@ -114,17 +121,18 @@ def make_servers(systems: list[str], model_dir: Path, variants: dict[str, dict[s
         extra = variants[name[len("dermserve["):-1]] if name != "dermserve" else {}
         env = service_env(port, model_dir, log_dir / f"jobs-{name}", extra, base=base_env)
         servers.append(Server(name, "dermserve", SERVICE_CMD, env, port, "/health/ready", "/predict", "multipart",
-                              log_dir / f"{name}.log"))
+                              log_dir / f"{name}.log", model_dir=Path(env["DERMSERVE_MODEL_DIR"])))
     for name, path in (checkouts or {}).items():  # dermserve from another checkout (e.g. before a change)
         port = free_port()
-        env = service_env(port, model_dir, log_dir / f"jobs-at-{name}", base=base_env)
+        served = checkout_model_dir(path.resolve(), checkout_model, model_dir)
+        env = service_env(port, served, log_dir / f"jobs-at-{name}", base=base_env)
         servers.append(Server(f"dermserve@{name}", "dermserve", SERVICE_CMD, env, port, "/health/ready", "/predict",
-                              "multipart", log_dir / f"dermserve@{name}.log", cwd=path.resolve()))
+                              "multipart", log_dir / f"dermserve@{name}.log", cwd=path.resolve(), model_dir=served))
     if "naive" in systems:
         port = free_port()
         servers.append(Server("naive", "naive", [sys.executable, "-m", "benchmarks.naive_server", "--model-dir",
                                                  str(model_dir), "--port", str(port)], dict(base_env), port,
-                              "/health/ready", "/predict", "multipart", log_dir / "naive.log"))
+                              "/health/ready", "/predict", "multipart", log_dir / "naive.log", model_dir=model_dir))
     if "mlserver" in systems:
         exe = ensure_mlserver_venv()
         repo = log_dir / "mlserver-models"
@@ -145,13 +153,15 @@ def make_servers(systems: list[str], model_dir: Path, variants: dict[str, dict[s
         env["PATH"] = f"{exe.parent}:{env.get('PATH', '')}"
         servers.append(Server("mlserver", "mlserver", [str(exe), "start", str(repo)], env, port,
                               "/v2/models/dermserve/ready", "/v2/models/dermserve/infer", "oip",
-                              log_dir / "mlserver.log", cwd=log_dir))  # its files stay out of the repo
+                              log_dir / "mlserver.log", cwd=log_dir,  # its files stay out of the repo
+                              model_dir=model_dir))
     return servers
 
 
 # ------------------------------------------------------------------------------------ correctness
 def check_answers(server: Server, images: list[tuple[str, bytes]], runtime, codes: list[str]) -> float:
-    """POST two images with httpx; return the max |p - p_ref| against the in-process runtime."""
+    """POST two images with httpx; return the max |p - p_ref| against ``runtime``, the in-process
+    :class:`service.runtime.ModelRuntime` of the model ``server`` serves (``server.model_dir``)."""
     import httpx
 
     from service.preprocessing import preprocess_bytes
@@ -170,5 +180,6 @@ def check_answers(server: Server, images: list[tuple[str, bytes]], runtime, code
         got = np.array(out["data"], dtype=np.float64).reshape(out["shape"])
     diff = float(np.abs(got - ref).max())
     if diff > 1e-3:
-        raise RuntimeError(f"{server.name} answers differ from the in-process runtime by {diff:.4g}")
+        raise RuntimeError(f"{server.name} answers differ from the in-process runtime of {runtime.model_dir} "
+                           f"by {diff:.4g}")
     return diff

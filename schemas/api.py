@@ -88,6 +88,12 @@ class Prediction(BaseModel):
     the settings ``referral_malignant_threshold`` / ``referral_min_top_probability``.
     ``referral_reasons`` lists which conditions fired: ``malignant_probability_at_or_above_threshold``
     and/or ``top_probability_below_minimum``.
+
+    Out-of-distribution guard (models whose manifest has ``ood``): ``ood_score`` says how unlike the
+    dermoscopic training images the image is (higher = less alike; see ``GET /model`` ``ood`` for the
+    method and threshold). Above the threshold ``out_of_distribution`` is true, ``referral_recommended``
+    is true and ``referral_reasons`` starts with ``out_of_distribution``: the image was not recognised
+    as a dermoscopic image and the class probabilities do not apply to it.
     """
 
     model_config = ConfigDict(
@@ -103,6 +109,8 @@ class Prediction(BaseModel):
                     "malignant_probability": 0.167,
                     "referral_recommended": False,
                     "referral_reasons": [],
+                    "out_of_distribution": False,
+                    "ood_score": 0.41,
                 }
             ]
         }
@@ -124,9 +132,16 @@ class Prediction(BaseModel):
     referral_recommended: bool = Field(
         description="true if malignant_probability >= malignant threshold OR probability < minimum top-1 probability"
     )
-    referral_reasons: list[Literal["malignant_probability_at_or_above_threshold", "top_probability_below_minimum"]] = (
+    referral_reasons: list[Literal["out_of_distribution", "malignant_probability_at_or_above_threshold",
+                                   "top_probability_below_minimum"]] = (
         Field(default_factory=list, description="which referral conditions fired (empty when not referred)")
     )
+    out_of_distribution: bool = Field(
+        False, description="true when ood_score is above the model's threshold: the image was not recognised as "
+        "a dermoscopic image, so the class probabilities do not apply (always false for a model without a guard)")
+    ood_score: float | None = Field(
+        None, description="out-of-distribution score, higher = less like the dermoscopic training images; flagged "
+        "above `GET /model` `ood.threshold` (null for a model without a guard)")
 
 
 class PredictResponse(BaseModel):
@@ -227,6 +242,19 @@ class ReferralOut(BaseModel):
     source: Literal["manifest", "settings"] = Field(description="where the thresholds came from")
 
 
+class OODOut(BaseModel):
+    """The served model's out-of-distribution guard."""
+
+    method: str = Field(description="how ood_score is computed")
+    description: str = Field(description="what ood_score means")
+    threshold: float = Field(description="out_of_distribution is true when ood_score > threshold")
+    fitted_on: str = Field(description="the images the detector was fitted and thresholded on")
+    policy: Literal["flag", "reject"] = Field(
+        description="flag: answer with out_of_distribution=true and a referral; reject: 422 naming each such image "
+        "(setting DERMSERVE_OOD_POLICY)")
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="measured AUROC and flagged shares")
+
+
 class ModelInfo(BaseModel):
     """Answer of ``GET /model``: a summary of the served model directory's manifest."""
 
@@ -263,6 +291,7 @@ class ModelInfo(BaseModel):
     calibration_temperature: float = Field(description="T in softmax(logits / T), fitted on the validation split")
     referral: ReferralOut
     metrics: dict[str, Any] = Field(description="test-split metrics reported by the trainer (manifest `metrics.test`)")
+    ood: OODOut | None = Field(None, description="the out-of-distribution guard; null when the model has none")
     execution_provider: str = Field(description="the onnxruntime execution provider in use")
     disclaimer: str = DISCLAIMER
 

@@ -68,6 +68,15 @@ class Calibration(BaseModel):
     fitted_on: str = Field("val", description="the split the temperature was fitted on")
 
 
+class OperatingPoint(BaseModel):
+    """One malignant-probability threshold and what it did where it was chosen."""
+
+    target_sensitivity: float = Field(ge=0, le=1)
+    malignant_probability_threshold: float = Field(ge=0, le=1)
+    sensitivity: float = Field(ge=0, le=1, description="malignant sensitivity where it was chosen")
+    specificity: float = Field(ge=0, le=1, description="benign specificity where it was chosen")
+
+
 class Referral(BaseModel):
     """Thresholds of the referral rule (see ``service.answers.referral_decision``)."""
 
@@ -83,6 +92,9 @@ class Referral(BaseModel):
     target_sensitivity: float | None = Field(None, description="malignant sensitivity the threshold was chosen for")
     validation_sensitivity: float | None = Field(None, description="malignant sensitivity where it was chosen")
     validation_specificity: float | None = Field(None, description="specificity (benign not referred) where it was chosen")
+    operating_points: list[OperatingPoint] = Field(
+        default_factory=list, description="thresholds for other target sensitivities, chosen the same way "
+        "(the service's referral_target_sensitivity setting picks one)")
 
 
 class OutOfDistribution(BaseModel):

@@ -10,6 +10,11 @@ Referral rule (documented in :class:`schemas.api.Prediction` as well)::
 
 Both thresholds come from ``manifest.json`` (``referral.malignant_probability_threshold``,
 ``referral.min_top_probability``), overridable by the ``referral`` settings group.
+
+Out-of-distribution guard (a model whose manifest has ``ood``): the graph's extra output
+``ood.output`` is the image's score; above ``ood.threshold`` the image is flagged
+(``out_of_distribution``), referred, and ``out_of_distribution`` leads its referral reasons.
+With the ``reject`` policy :meth:`AnswerShaper.check_in_distribution` refuses such requests.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.api import ClassOut, InputOut, ModelInfo, ModelRef, Prediction, ReferralOut
+from schemas.api import ClassOut, InputOut, ModelInfo, ModelRef, OODOut, Prediction, ReferralOut
 from schemas.manifest import Manifest
 from service.decoder import DecodedImage
-from service.outputs import ImageOutput
+from service.inputs import InvalidInputError
+from service.outputs import ImageOutput, ModelOutput
 
 REASON_MALIGNANT = "malignant_probability_at_or_above_threshold"
 REASON_UNCERTAIN = "top_probability_below_minimum"
+REASON_OOD = "out_of_distribution"
 
 
 def referral_decision(
@@ -66,9 +73,22 @@ class ReferralRule:
 
     @classmethod
     def resolve(cls, manifest: Manifest, malignant_threshold: float | None = None,
-                min_top_probability: float | None = None) -> ReferralRule:
-        """The manifest's thresholds, each replaced by its override when that is not None."""
+                min_top_probability: float | None = None, target_sensitivity: float | None = None) -> ReferralRule:
+        """The manifest's thresholds, each replaced by its override when that is not None.
+
+        ``target_sensitivity`` picks the manifest's operating point for that sensitivity
+        (``referral.operating_points``) as the malignant threshold, unless ``malignant_threshold`` is given.
+
+        Raises:
+            ValueError: no operating point in the manifest for ``target_sensitivity``.
+        """
         r = manifest.referral
+        if target_sensitivity is not None and malignant_threshold is None:
+            points = {round(p.target_sensitivity, 4): p for p in r.operating_points}
+            if round(target_sensitivity, 4) not in points:
+                raise ValueError(f"the model has no referral operating point for sensitivity {target_sensitivity}; "
+                                 f"it has {sorted(points)}")
+            malignant_threshold = points[round(target_sensitivity, 4)].malignant_probability_threshold
         overridden = malignant_threshold is not None or min_top_probability is not None
         return cls(tuple(r.malignant_classes),
                    r.malignant_probability_threshold if malignant_threshold is None else malignant_threshold,
@@ -90,30 +110,63 @@ class AnswerShaper:
         provider: the active onnxruntime execution provider (for :meth:`model_info`).
     """
 
-    def __init__(self, manifest: Manifest, referral: ReferralRule, provider: str) -> None:
+    def __init__(self, manifest: Manifest, referral: ReferralRule, provider: str, ood_policy: str = "flag") -> None:
         self.manifest = manifest
         self.referral = referral
         self.provider = provider
+        self.ood = manifest.ood
+        self.ood_policy = ood_policy
         self.codes = manifest.class_codes
         self.names = {c.code: c.name for c in manifest.classes}
         self.model_ref = ModelRef(name=manifest.name, version=manifest.version)
 
     def prediction(self, index: int, image: DecodedImage, output: ImageOutput) -> Prediction:
-        """One image's :class:`Prediction` from its calibrated probabilities ``float32 (K,)``.
+        """One image's :class:`Prediction` from its calibrated probabilities ``float32 (K,)`` and, for a
+        model with a guard, its out-of-distribution score (``output.extras[ood.output]``).
 
-        ``image.metadata`` (e.g. DICOM UIDs) and ``output.extras`` (e.g. an OOD score) arrive here
-        per image; the DICOM UIDs are echoed (``image.uids()``; never the patient fields).
+        ``image.metadata`` (e.g. DICOM UIDs) arrives here per image as well: the DICOM UIDs are echoed
+        (``image.uids()``; never the patient fields).
         """
         probs = output.probabilities
         p = {code: float(v) for code, v in zip(self.codes, probs)}
         top = int(np.argmax(probs))
         malignant, refer, reasons = self.referral.decide(p)
+        score, ood = self.ood_flag(output)
+        if ood:
+            refer, reasons = True, [REASON_OOD, *reasons]
         return Prediction(
             id=image.id, index=index, label=self.codes[top], label_name=self.names[self.codes[top]],
             **image.uids(),
             probability=float(probs[top]), probabilities=p, malignant_probability=malignant,
             referral_recommended=refer, referral_reasons=reasons,  # type: ignore[arg-type]
+            out_of_distribution=ood, ood_score=score,
         )
+
+    def ood_flag(self, output: ImageOutput) -> tuple[float | None, bool]:
+        """``(ood_score, out_of_distribution)`` of one image; ``(None, False)`` for a model without a guard."""
+        if self.ood is None or self.ood.output not in output.extras:
+            return None, False
+        score = float(output.extras[self.ood.output])
+        return score, bool(score > self.ood.threshold)
+
+    def check_in_distribution(self, images: Sequence[DecodedImage], output: ModelOutput) -> None:
+        """Under the ``reject`` policy, refuse the request if the guard flags any of its images.
+
+        Raises:
+            InvalidInputError: ``detail`` names each flagged image with reason ``out_of_distribution``.
+        """
+        if self.ood_policy != "reject" or self.ood is None:
+            return
+        bad = []
+        for i, image in enumerate(images):
+            score, ood = self.ood_flag(output.image(i))
+            if ood:
+                bad.append({"index": i, "id": image.id, "reason": REASON_OOD,
+                            "message": f"not recognised as a dermoscopic image (out-of-distribution score "
+                                       f"{score:.2f} > threshold {self.ood.threshold:.2f})"})
+        if bad:
+            raise InvalidInputError(f"{len(bad)} of {len(images)} images were not recognised as dermoscopic images "
+                                    "and this server rejects them (DERMSERVE_OOD_POLICY=reject)", bad)
 
     def model_info(self) -> ModelInfo:
         """Summary of the manifest plus the thresholds in force and the execution provider."""
@@ -129,5 +182,9 @@ class AnswerShaper:
                                  malignant_probability_threshold=r.malignant_threshold,
                                  min_top_probability=r.min_top_probability, source=r.source),  # type: ignore[arg-type]
             metrics=metrics,
+            ood=None if self.ood is None else OODOut(
+                method=self.ood.method, description=self.ood.description, threshold=self.ood.threshold,
+                fitted_on=self.ood.fitted_on, policy=self.ood_policy,  # type: ignore[arg-type]
+                evaluation=self.ood.evaluation),
             execution_provider=self.provider,
         )

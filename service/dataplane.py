@@ -112,6 +112,7 @@ class DataPlane:
     async def predict(self, images: Sequence[EncodedImage]) -> PredictResponse:
         """Classify encoded images; one prediction per image, in input order (errors: see :meth:`_run`)."""
         decoded, output = await self._run(images)
+        self.answers.check_in_distribution(decoded, output)
         return PredictResponse(model=self.answers.model_ref, predictions=[
             self.answers.prediction(i, img, output.image(i)) for i, img in enumerate(decoded)])
 
@@ -120,6 +121,7 @@ class DataPlane:
         :mod:`service.reports`). Errors: those of :meth:`_run`, and
         :class:`~service.reports.ReportError` when the images name different patients."""
         decoded, output = await self._run(images)
+        self.answers.check_in_distribution(decoded, output)
         predictions = [self.answers.prediction(i, img, output.image(i)) for i, img in enumerate(decoded)]
         # building and validating the resources costs ~5 ms per image (fhir.resources): off the event loop
         return await asyncio.to_thread(self.reports.bundle, predictions, [img.dicom for img in decoded],
@@ -140,7 +142,8 @@ class DataPlane:
     def v2_metadata(self) -> ModelMetadataResponse:
         """OIP model metadata (see :func:`service.codecs.v2.model_metadata`)."""
         m, spec = self.manifest, self.decoder.spec
-        return v2.model_metadata(m.name, m.version, m.input.name, spec.height, spec.width, m.class_codes)
+        return v2.model_metadata(m.name, m.version, m.input.name, spec.height, spec.width, m.class_codes,
+                                 guard=m.ood is not None)
 
     async def v2_infer(self, request: InferenceRequest, binary: bytes = b"") -> tuple[InferenceResponse, bytes | None]:
         """Run an OIP inference request (inputs and output: see :mod:`service.codecs.v2`).
@@ -163,6 +166,11 @@ class DataPlane:
         inputs = await asyncio.get_running_loop().run_in_executor(
             self.decoder.pool, v2.parse_inputs, request, binary, spec.height, spec.width)
         images, output = await self._run(inputs.encoded, inputs)
+        self.answers.check_in_distribution(images, output)
         m = self.manifest
+        guard = None
+        if m.ood is not None:
+            flags = [self.answers.ood_flag(output.image(i)) for i in range(len(images))]
+            guard = ([s for s, _ in flags], [f for _, f in flags], m.ood.threshold)
         return v2.encode_response(output.probabilities, m.class_codes, m.name, m.version, request.id, want_binary,
-                                  row_uids=[im.uids() for im in images])
+                                  guard, row_uids=[im.uids() for im in images])

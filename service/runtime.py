@@ -57,10 +57,10 @@ def load_manifest(model_dir: Path) -> Manifest:
 def manifest_extra_outputs(manifest: Manifest) -> tuple[str, ...]:
     """The graph outputs besides the logits that the manifest names, each ``float32 (B,)``.
 
-    None yet: this is where an out-of-distribution score named by the manifest (``ood.output``)
-    joins :attr:`ModelOutput.extras`.
+    Today: the out-of-distribution score named by the manifest (``ood.output``, see
+    :class:`schemas.manifest.OutOfDistribution`), when the model carries a guard.
     """
-    return ()
+    return (manifest.ood.output,) if manifest.ood is not None else ()
 
 
 def verify_sha256(model_path: Path, expected: str) -> None:

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -200,6 +200,15 @@ class ReferralSettings(_Group):
     min_top_probability: Annotated[float | None, Flat("referral_min_top_probability")] = Field(
         None, ge=0, le=1, description="override the manifest's minimum top-1 probability (below it: refer)"
     )
+    target_sensitivity: Annotated[float | None, Flat("referral_target_sensitivity")] = Field(
+        None, ge=0, le=1, description="use the manifest's operating point for this malignant sensitivity (one of "
+        "`referral.operating_points[].target_sensitivity`, e.g. 0.95) instead of its default threshold; "
+        "referral_malignant_threshold, when set, wins")
+    ood_policy: Annotated[Literal["flag", "reject"], Flat("ood_policy")] = Field(
+        "flag", description="images the model's out-of-distribution guard flags: 'flag' answers them with "
+        "out_of_distribution=true and a referral; 'reject' refuses /predict and /v2 requests holding any with 422 "
+        "(reason out_of_distribution, naming each image). Jobs always flag (their images were accepted before "
+        "inference). No effect for a model without a guard")
 
 
 class AccessSettings(_Group):

@@ -253,3 +253,39 @@ def test_upload_page_asks_for_api_key(server_factory, test_images, page):
     page.reload()
     page.wait_for_function("() => !/loading/.test(document.getElementById('model-name').textContent)")
     assert page.locator("#auth").is_hidden()
+
+
+def test_upload_page_says_first_that_an_image_is_not_dermoscopic(live_server, page, tmp_path, model_dir):
+    """A non-dermoscopic picture (the OOD set's blank frame, built by code): the card leads with the
+    plain-words out-of-distribution warning, the class read-out is de-emphasised, and the referral
+    reasons start with it; needs a model whose manifest carries the guard."""
+    import json
+
+    require(json.loads((model_dir / "manifest.json").read_text()).get("ood") is not None,
+            f"the model at {model_dir} has no out-of-distribution guard")
+    pytest.importorskip("skimage", reason="scikit-image builds the OOD set (pip install -e '.[train]')")
+    from trainer.oodset import build_ood_set
+
+    blank = next(im for im in build_ood_set() if im.name == "drawn/blank_white")
+    path = tmp_path / "blank.png"
+    path.write_bytes(blank.png)
+    answer = httpx.post(live_server.base_url + "/predict", files=[("images", (path.name, blank.png, "image/png"))],
+                        timeout=60).json()["predictions"][0]
+    assert answer["out_of_distribution"], answer
+    page.goto(live_server.base_url + "/")
+    page.wait_for_function("() => !/loading/.test(document.getElementById('model-name').textContent)")
+    page.set_input_files("#file-input", str(path))
+    wait_cards_settled(page, 1)
+    c = card(page, "blank.png")
+    assert c.get_attribute("data-ood") == "true"
+    warning = c.locator(".ood-warning")
+    assert warning.is_visible() and warning.get_attribute("role") == "alert"
+    assert "Not recognised as a dermoscopic image" in warning.inner_text()
+    # the warning comes first in the card, before the top class and the bars
+    order = c.evaluate("e => [...e.querySelectorAll('.ood-warning, .top, .bars')].map(n => n.className)")
+    assert order[0].startswith("ood-warning"), order
+    assert float(c.locator(".bars").evaluate("e => getComputedStyle(e).opacity")) < 0.6
+    reasons = [li.get_attribute("data-reason") for li in c.locator(".referral-reasons li").all()]
+    assert reasons[0] == "out_of_distribution"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-ood.png"), full_page=True)

@@ -58,6 +58,8 @@ MAX_FORWARD_PASSES = 16
 MIN_OOF_ACCURACY = 0.79
 #: Default target malignant sensitivity of the referral rule.
 TARGET_SENSITIVITY = 0.90
+#: Target sensitivities whose thresholds the manifest also carries (the service can pick one).
+OPERATING_POINTS: tuple[float, ...] = (0.80, 0.85, 0.90, 0.95, 0.97, 0.99)
 #: Where the analysis is written.
 ENSEMBLE_DIR = MEMBERS_DIR.parent / "ensemble"
 
@@ -170,7 +172,13 @@ def referral_rule(y: np.ndarray, probs: np.ndarray, target: float) -> dict:
             t2 = float(c)
             break
     sens2, spec2 = sensitivity_specificity((p_mal >= t2) | low, mal)
-    return {"target_sensitivity": target, "malignant_probability_threshold": t,
+    points = []
+    for goal in OPERATING_POINTS:
+        tg = threshold_for_sensitivity(p_mal, mal, goal)
+        s_, sp_ = sensitivity_specificity(p_mal >= tg, mal)
+        points.append({"target_sensitivity": goal, "malignant_probability_threshold": round(tg, 4),
+                       "sensitivity": s_, "specificity": sp_})
+    return {"target_sensitivity": target, "malignant_probability_threshold": t, "operating_points": points,
             "oof_sensitivity": sens, "oof_specificity": spec,
             "with_low_confidence_reason": {"malignant_probability_threshold": t2, "oof_sensitivity": sens2,
                                            "oof_specificity": spec2},
@@ -376,6 +384,7 @@ def analyse(members_dir: Path = MEMBERS_DIR, out: Path = ENSEMBLE_DIR, target_se
                                        for d in m.dirs},
         "analysis_seconds": round(time.perf_counter() - t0, 1),
     }
+    report["training_wall_time_seconds"]["all_members"] = round(sum(report["training_wall_time_seconds"].values()), 1)
     (out / "choices.json").write_text(json.dumps(choices, indent=2))
     (out / "report.json").write_text(json.dumps(report, indent=2))
     from trainer.ensemble_report import write_markdown

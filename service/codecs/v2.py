@@ -36,6 +36,9 @@ from service.inputs import EncodedImage, InvalidInputError
 #: Name of the BYTES input (encoded images) and of the single output.
 BYTES_INPUT = "images"
 OUTPUT = "probabilities"
+#: Extra outputs of a model with an out-of-distribution guard (see :func:`encode_response`).
+OOD_SCORE_OUTPUT = "ood_score"
+OOD_FLAG_OUTPUT = "out_of_distribution"
 #: Header giving the length of the JSON part when binary tensor data follows it.
 HEADER_LENGTH = "Inference-Header-Content-Length"
 #: Output parameters echoing the DICOM UIDs of the rows (see the module docstring).
@@ -97,12 +100,16 @@ def wants_binary_output(request: InferenceRequest) -> bool:
     ``binary_data``).
 
     Raises:
-        InvalidInputError: an output other than :data:`OUTPUT` was asked for.
+        InvalidInputError: an output other than :data:`OUTPUT` (or the guard's outputs, which are always
+            sent as JSON data) was asked for.
     """
     want = bool((request.parameters or {}).get("binary_data_output", False))
     for o in request.outputs or []:
+        if o.name in (OOD_SCORE_OUTPUT, OOD_FLAG_OUTPUT):
+            continue
         if o.name != OUTPUT:
-            raise InvalidInputError(f"unknown output {o.name!r}; this model has one output {OUTPUT!r}")
+            raise InvalidInputError(f"unknown output {o.name!r}; this model's outputs are {OUTPUT!r} "
+                                    f"(and {OOD_SCORE_OUTPUT!r}, {OOD_FLAG_OUTPUT!r} with a guard)")
         if (o.parameters or {}).get("binary_data") is not None:
             want = bool(o.parameters["binary_data"])  # type: ignore[index]
     return want
@@ -213,13 +220,19 @@ def flatten(data: Any) -> Iterator[Any]:
 
 
 def encode_response(probabilities: np.ndarray, classes: Sequence[str], model_name: str, model_version: str,
-                    request_id: str | None, binary: bool, row_uids: Sequence[Mapping[str, str | None]] | None = None,
+                    request_id: str | None, binary: bool,
+                    guard: tuple[Sequence[float], Sequence[bool], float] | None = None,
+                    row_uids: Sequence[Mapping[str, str | None]] | None = None,
                     ) -> tuple[InferenceResponse, bytes | None]:
     """The response for ``probabilities`` ``(N, K)``.
 
+    With ``guard`` = ``(ood_scores, out_of_distribution flags, threshold)`` (a model with an
+    out-of-distribution guard), two more outputs follow, always as JSON data: :data:`OOD_SCORE_OUTPUT`
+    FP32 ``[N]`` and :data:`OOD_FLAG_OUTPUT` BOOL ``[N]``.
+
     Args:
         row_uids: per row, the DICOM UIDs of its image (``{}`` for other images); when any row has
-            one, the output's parameters carry :data:`UID_PARAMETERS`.
+            one, the :data:`OUTPUT` tensor's parameters carry :data:`UID_PARAMETERS`.
 
     Returns:
         ``(response, binary_output)``: with ``binary``, the output carries
@@ -235,8 +248,16 @@ def encode_response(probabilities: np.ndarray, classes: Sequence[str], model_nam
         out.parameters["binary_data_size"] = len(binary_out)  # type: ignore[index]
     else:
         out.data = [float(v) for v in probs.ravel()]
+    outputs = [out]
+    if guard is not None:
+        scores, flags, threshold = guard
+        outputs += [
+            ResponseOutput(name=OOD_SCORE_OUTPUT, shape=[len(scores)], datatype="FP32",
+                           parameters={"threshold": threshold}, data=[float(s) for s in scores]),
+            ResponseOutput(name=OOD_FLAG_OUTPUT, shape=[len(flags)], datatype="BOOL", data=[bool(f) for f in flags]),
+        ]
     return InferenceResponse(model_name=model_name, model_version=model_version, id=request_id,
-                             outputs=[out]), binary_out
+                             outputs=outputs), binary_out
 
 
 def uid_parameters(row_uids: Sequence[Mapping[str, str | None]]) -> dict[str, str]:
@@ -259,7 +280,7 @@ def http_body(response: InferenceResponse, binary_output: bytes | None) -> tuple
 
 
 def model_metadata(name: str, version: str, input_name: str, height: int, width: int,
-                   classes: Sequence[str]) -> ModelMetadataResponse:
+                   classes: Sequence[str], guard: bool = False) -> ModelMetadataResponse:
     """Model metadata: inputs ``images`` BYTES ``[-1]`` and ``input_name`` UINT8 ``[-1, H, W, 3]``,
     output :data:`OUTPUT` FP32 ``[-1, K]``."""
     return ModelMetadataResponse(
@@ -272,5 +293,9 @@ def model_metadata(name: str, version: str, input_name: str, height: int, width:
                            parameters={"content": "RGB pixels 0..255 at the model input size; FP32 also accepted"}),
         ],
         outputs=[MetadataTensor(name=OUTPUT, datatype="FP32", shape=[-1, len(classes)],
-                                parameters={"classes": ",".join(classes), "calibrated": True})],
+                                parameters={"classes": ",".join(classes), "calibrated": True})]
+        + ([MetadataTensor(name=OOD_SCORE_OUTPUT, datatype="FP32", shape=[-1],
+                           parameters={"content": "out-of-distribution score, higher = less dermoscopic"}),
+            MetadataTensor(name=OOD_FLAG_OUTPUT, datatype="BOOL", shape=[-1],
+                           parameters={"content": "ood_score above the model's threshold"})] if guard else []),
     )

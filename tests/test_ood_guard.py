@@ -1,0 +1,97 @@
+"""The out-of-distribution guard in answers (no HTTP here; over HTTP see test_ood_http.py).
+
+A model directory whose manifest has ``ood`` makes the runtime read the graph's extra output; the
+answer shaper turns its per-image score into ``ood_score`` / ``out_of_distribution``, a referral with
+the ``out_of_distribution`` reason first, and, under the ``reject`` policy, a 422-mapped error that names
+each flagged image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas.manifest import Manifest, OutOfDistribution
+from service.answers import REASON_OOD, AnswerShaper, ReferralRule
+from service.decoder import DecodedImage
+from service.inputs import InvalidInputError
+from service.outputs import ImageOutput, ModelOutput
+from service.runtime import manifest_extra_outputs
+
+
+def _manifest(model_dir: Path, with_guard: bool) -> Manifest:
+    m = Manifest.model_validate_json((model_dir / "manifest.json").read_bytes())
+    m = m.model_copy(update={"ood": OutOfDistribution(
+        output="ood_score", method="test", threshold=1.0, description="test guard", fitted_on="test")
+        if with_guard else None})
+    return m
+
+
+def _image(i: int) -> DecodedImage:
+    return DecodedImage(id=f"img{i}", pixels=np.zeros((4, 4, 3), np.uint8))
+
+
+def _shaper(model_dir: Path, policy: str = "flag", with_guard: bool = True) -> AnswerShaper:
+    m = _manifest(model_dir, with_guard)
+    return AnswerShaper(m, ReferralRule.resolve(m), "CPUExecutionProvider", policy)
+
+
+def test_extra_output_named_by_the_manifest(model_dir: Path):
+    assert manifest_extra_outputs(_manifest(model_dir, True)) == ("ood_score",)
+    assert manifest_extra_outputs(_manifest(model_dir, False)) == ()
+
+
+def test_flagged_image_is_referred_with_the_ood_reason_first(model_dir: Path):
+    shaper = _shaper(model_dir)
+    probs = np.array([0.01, 0.01, 0.02, 0.01, 0.02, 0.92, 0.01], np.float32)  # confident nv, benign
+    inside = shaper.prediction(0, _image(0), ImageOutput(probs, {"ood_score": 0.4}))
+    assert inside.ood_score == pytest.approx(0.4) and not inside.out_of_distribution
+    assert not inside.referral_recommended and inside.referral_reasons == []
+    outside = shaper.prediction(1, _image(1), ImageOutput(probs, {"ood_score": 3.5}))
+    assert outside.out_of_distribution and outside.ood_score == pytest.approx(3.5)
+    assert outside.referral_recommended and outside.referral_reasons[0] == REASON_OOD
+    at = shaper.prediction(2, _image(2), ImageOutput(probs, {"ood_score": 1.0}))
+    assert not at.out_of_distribution, "flagged only strictly above the threshold"
+
+
+def test_model_without_guard_answers_as_before(model_dir: Path):
+    shaper = _shaper(model_dir, with_guard=False)
+    probs = np.array([0.01, 0.01, 0.02, 0.01, 0.02, 0.92, 0.01], np.float32)
+    p = shaper.prediction(0, _image(0), ImageOutput(probs, {}))
+    assert p.ood_score is None and p.out_of_distribution is False
+    assert shaper.model_info().ood is None
+
+
+def test_reject_policy_names_each_flagged_image(model_dir: Path):
+    probs = np.tile(np.array([0.01, 0.01, 0.02, 0.01, 0.02, 0.92, 0.01], np.float32), (3, 1))
+    output = ModelOutput(probs, {"ood_score": np.array([0.2, 5.0, 7.5], np.float32)})
+    images = [_image(i) for i in range(3)]
+    _shaper(model_dir, "flag").check_in_distribution(images, output)  # flag: no error
+    with pytest.raises(InvalidInputError) as err:
+        _shaper(model_dir, "reject").check_in_distribution(images, output)
+    detail = err.value.detail
+    assert [d["index"] for d in detail] == [1, 2] and [d["id"] for d in detail] == ["img1", "img2"]
+    assert all(d["reason"] == REASON_OOD for d in detail)
+    _shaper(model_dir, "reject").check_in_distribution(images[:1], output.take([0]))  # all inside: no error
+    info = json.loads(_shaper(model_dir, "reject").model_info().model_dump_json())
+    assert info["ood"]["policy"] == "reject" and info["ood"]["threshold"] == 1.0
+
+
+def test_referral_target_sensitivity_picks_the_manifest_operating_point(model_dir: Path):
+    from schemas.manifest import OperatingPoint
+
+    m = _manifest(model_dir, True)
+    ref = m.referral.model_copy(update={"operating_points": [
+        OperatingPoint(target_sensitivity=0.9, malignant_probability_threshold=0.21, sensitivity=0.9, specificity=0.7),
+        OperatingPoint(target_sensitivity=0.95, malignant_probability_threshold=0.12, sensitivity=0.95,
+                       specificity=0.55)]})
+    m = m.model_copy(update={"referral": ref})
+    assert ReferralRule.resolve(m, target_sensitivity=0.95).malignant_threshold == 0.12
+    assert ReferralRule.resolve(m, target_sensitivity=0.95).source == "settings"
+    assert ReferralRule.resolve(m, malignant_threshold=0.4, target_sensitivity=0.95).malignant_threshold == 0.4
+    assert ReferralRule.resolve(m).malignant_threshold == m.referral.malignant_probability_threshold
+    with pytest.raises(ValueError, match="no referral operating point"):
+        ReferralRule.resolve(m, target_sensitivity=0.5)
