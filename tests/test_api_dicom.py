@@ -389,6 +389,14 @@ def test_predict_fhir_bundle(client, runtime, pairs):
         top = obs["valueCodeableConcept"]["coding"]
         assert any(c["system"] == f"{CANONICAL_BASE}/CodeSystem/ham10000-class" and c["code"] == pred["label"]
                    for c in top)
+        ood = {c["code"]["coding"][0]["code"]: c for c in obs["component"]
+               if c["code"]["coding"][0]["code"].startswith("out-of-distribution")}
+        if pred.get("ood_score") is None:  # a model without a guard: no verdict in the report either
+            assert ood == {}
+        else:
+            assert ood["out-of-distribution"]["valueBoolean"] is pred["out_of_distribution"]
+            assert ood["out-of-distribution-score"]["valueQuantity"]["value"] == pytest.approx(pred["ood_score"],
+                                                                                                 abs=1e-6)
     jpeg_obs = kinds["Observation"][3]
     assert "subject" not in jpeg_obs and "derivedFrom" not in jpeg_obs
     systems = {c["system"] for o in kinds["Observation"] for comp in o["component"] for c in comp["code"]["coding"]}
@@ -559,3 +567,28 @@ def test_fhir_settings():
                 {"fhir_patient_identifier_system": "not a uri"}):
         with pytest.raises(ValidationError):
             Settings(_env_file=None, **bad)
+
+
+def test_fhir_reports_the_guard_and_honours_reject(server_factory, model_dir, test_images):
+    """With a model that has an out-of-distribution guard: the FHIR answer carries its verdict, and the
+    reject policy refuses FHIR requests exactly like JSON ones (skipped for a model without a guard)."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    require(manifest.get("ood") is not None, f"the model at {model_dir} has no out-of-distribution guard")
+    pytest.importorskip("skimage", reason="scikit-image builds the OOD set (pip install -e '.[train]')")
+    from trainer.oodset import build_ood_set
+
+    blank = next(im for im in build_ood_set() if im.name == "drawn/blank_white")
+    lesion = test_images(1, offset=3)[0]
+    files = [("images", (lesion.name, lesion.read_bytes(), "image/jpeg")), ("images", ("blank.png", blank.png,
+                                                                                       "image/png"))]
+    flag = server_factory(env={})
+    r = httpx.post(flag.base_url + "/predict", files=files, headers=FHIR_ACCEPT, timeout=60)
+    assert r.status_code == 200, r.text
+    observations = check_bundle(r.json(), 2)["Observation"]
+    verdicts = [{c["code"]["coding"][0]["code"]: c for c in o["component"]}["out-of-distribution"]["valueBoolean"]
+                for o in observations]
+    assert verdicts[1] is True
+    reject = server_factory(env={"DERMSERVE_OOD_POLICY": "reject"})
+    r = httpx.post(reject.base_url + "/predict", files=files, headers=FHIR_ACCEPT, timeout=60)
+    assert r.status_code == 422, r.text
+    assert [(d["index"], d["reason"]) for d in r.json()["detail"]] == [(1, "out_of_distribution")]
