@@ -9,7 +9,7 @@
 # Also Debian's postgresql (server binaries only; no cluster is created or started) for the
 # shared-job-queue test (tests/test_jobs.py), which runs its own initdb/pg_ctl in a temp dir.
 # Also Debian's dcmtk (img2dcm, dcmj2pnm, dcmcjpeg, dcmcrle, dcmcjpls, dcmconv ...) and dicom3tools
-# (dciodvfy) for the DICOM decoder tests (tests/test_dicom_codec.py): real DICOM objects made and
+# (dciodvfy) for the DICOM tests (tests/test_dicom_codec.py, tests/test_api_dicom.py): real DICOM objects made and
 # checked by tools nobody here wrote.
 # Only what is missing is installed.
 set -eu

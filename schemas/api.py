@@ -44,8 +44,8 @@ class ImageInput(BaseModel):
         None, max_length=256, description="optional client-chosen identifier, echoed back in the prediction"
     )
     data: str = Field(
-        description="the encoded image file (JPEG, PNG, ...) in standard base64 (RFC 4648 §4); a "
-        "`data:image/...;base64,` prefix is accepted and ignored",
+        description="the encoded image file (JPEG, PNG, ..., or DICOM Part 10) in standard base64 (RFC 4648 §4); a "
+        "`data:image/...;base64,` prefix is accepted and ignored (`data:application/dicom;base64,` marks DICOM)",
         examples=[_B64_EXAMPLE],
     )
 
@@ -118,6 +118,9 @@ class Prediction(BaseModel):
 
     id: str | None = Field(None, description="the client's id for this image (JSON `id`, multipart filename)")
     index: int = Field(ge=0, description="0-based position of the image in the request")
+    study_instance_uid: str | None = Field(None, description="DICOM images: the object's Study Instance UID")
+    series_instance_uid: str | None = Field(None, description="DICOM images: the object's Series Instance UID")
+    sop_instance_uid: str | None = Field(None, description="DICOM images: the object's SOP Instance UID")
     label: str = Field(description="HAM10000 code of the most probable class")
     label_name: str = Field(description="display name of `label`")
     probability: float = Field(ge=0, le=1, description="calibrated probability of `label` (top-1)")
@@ -169,7 +172,9 @@ class ImageError(BaseModel):
     id: str | None = Field(None, description="the client's id for this image, if it gave one")
     reason: str = Field(
         description="machine-readable code: empty, not_an_image, truncated, too_many_pixels, too_small, "
-        "bad_aspect_ratio, unsupported_mode, invalid_base64, not_a_file, bad_tensor"
+        "bad_aspect_ratio, unsupported_mode, invalid_base64, not_a_file, bad_tensor; for DICOM objects "
+        "dicom_invalid, dicom_no_pixel_data, dicom_unsupported_modality, dicom_unsupported_transfer_syntax, "
+        "dicom_not_colour, dicom_unsupported_pixel_format, dicom_multiframe"
     )
     message: str = Field(description="human-readable explanation")
 

@@ -124,7 +124,8 @@ class AnswerShaper:
         """One image's :class:`Prediction` from its calibrated probabilities ``float32 (K,)`` and, for a
         model with a guard, its out-of-distribution score (``output.extras[ood.output]``).
 
-        ``image.metadata`` (e.g. DICOM UIDs) arrives here per image as well.
+        ``image.metadata`` (e.g. DICOM UIDs) arrives here per image as well: the DICOM UIDs are echoed
+        (``image.uids()``; never the patient fields).
         """
         probs = output.probabilities
         p = {code: float(v) for code, v in zip(self.codes, probs)}
@@ -135,6 +136,7 @@ class AnswerShaper:
             refer, reasons = True, [REASON_OOD, *reasons]
         return Prediction(
             id=image.id, index=index, label=self.codes[top], label_name=self.names[self.codes[top]],
+            **image.uids(),
             probability=float(probs[top]), probabilities=p, malignant_probability=malignant,
             referral_recommended=refer, referral_reasons=reasons,  # type: ignore[arg-type]
             out_of_distribution=ood, ood_score=score,

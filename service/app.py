@@ -25,6 +25,7 @@ from service.components import ComponentsBuilder, build_components
 from service.errors import install_error_handlers, rule_for
 from service.metrics import Metrics
 from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from service.reports import FHIR_JSON, example_bundle
 from service.routes import health, jobs, metrics, model, predict, ui, v2
 from service.routes.ui import STATIC_DIR
 from service.settings import Settings, get_settings
@@ -38,7 +39,8 @@ mel, nv, vasc), temperature-calibrated probabilities and a referral recommendati
 
 **{DISCLAIMER}**
 
-* `POST /predict` -- multipart (`images` file parts) or JSON (base64);
+* `POST /predict` -- multipart (`images` file parts) or JSON (base64); JPEG, PNG, ... or DICOM in; JSON or,
+  with `Accept: application/fhir+json`, an HL7 FHIR R4 Bundle out;
 * `POST /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}` -- asynchronous jobs for whole studies (durable,
   lower batching priority than `/predict`);
 * `GET /model` -- what is served; `GET /health/live`, `GET /health/ready`; `GET /metrics`;
@@ -158,7 +160,19 @@ def _install_openapi(app: FastAPI) -> None:
                         resp["description"] = rule_for(RequestValidationError).meaning
         comps.pop("HTTPValidationError", None)
         comps.pop("ValidationError", None)
+        _add_fhir_examples(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_fhir_examples(schema: dict) -> None:
+    """Give every documented FHIR answer (``application/fhir+json``) a real Bundle as its example."""
+    example = None
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            content = op.get("responses", {}).get("200", {}).get("content", {})
+            if FHIR_JSON in content:
+                example = example or example_bundle()
+                content[FHIR_JSON]["example"] = example

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from service.answers import AnswerShaper, ReferralRule
 from service.batching import BatchPolicy, DynamicBatcher, QueueLimits
 from service.dataplane import DataPlane
-from service.decoder import ImageDecoder
+from service.decoder import ImageDecoder, load_formats
 from service.jobs.runner import JobRunner
 from service.jobs.service import JobsService
 from service.jobs.store import JobStore, sqlite_url
 from service.metrics import Metrics
+from service.reports import FhirReports
 from service.runtime import ModelLoadError, ModelRuntime
 from service.settings import Settings
 from service.traffic import InteractiveTraffic
@@ -120,6 +121,9 @@ async def build_components(settings: Settings, metrics: Metrics,
     """
     runtime = await load_model(settings)
     store = await open_job_store(settings)
+    reports = FhirReports(settings.fhir)
+    # the DICOM (pydicom) and FHIR (fhir.resources) codecs load now, not on some request's time
+    await asyncio.to_thread(lambda: (load_formats(), reports.load()))
     async with AsyncExitStack() as stack:
         stack.push_async_callback(asyncio.to_thread, store.close)
         traffic = InteractiveTraffic(settings.batching.busy_window_s)
@@ -145,5 +149,6 @@ async def build_components(settings: Settings, metrics: Metrics,
                  runner.worker_id, extra={"event": "jobs_ready"})
         metrics.model_info.labels(name=m.name, version=m.version, provider=runtime.provider).set(1)
         yield Components(runtime, batcher,
-                         DataPlane(answers, decoder, batcher, traffic, settings.limits.max_images_per_request),
-                         JobsService(store, job_decoder, runner, settings.jobs))
+                         DataPlane(answers, decoder, batcher, traffic, settings.limits.max_images_per_request,
+                                   reports=reports),
+                         JobsService(store, job_decoder, runner, settings.jobs, reports=reports))

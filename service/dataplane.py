@@ -27,6 +27,7 @@ from service.codecs import v2
 from service.decoder import DecodedImage, ImageDecoder
 from service.inputs import EncodedImage, ModelNotFoundError, NoImagesError, TooManyImagesError
 from service.outputs import ModelOutput, as_model_output
+from service.reports import FhirReports
 from service.traffic import InteractiveTraffic
 
 
@@ -39,11 +40,14 @@ class DataPlane:
         batcher: the started batcher; its ``run_batch`` returns a :class:`~service.outputs.ModelOutput`.
         traffic: interactive traffic, counted here per request.
         max_images_per_request: more images -> :class:`TooManyImagesError`.
+        reports: builds FHIR reports (``POST /predict`` with ``Accept: application/fhir+json``).
     """
 
     def __init__(self, answers: AnswerShaper, decoder: ImageDecoder, batcher: DynamicBatcher,
-                 traffic: InteractiveTraffic, max_images_per_request: int = 64) -> None:
+                 traffic: InteractiveTraffic, max_images_per_request: int = 64, *,
+                 reports: FhirReports | None = None) -> None:
         self.answers = answers
+        self.reports = reports or FhirReports()
         self.manifest = answers.manifest
         self.decoder = decoder
         self.batcher = batcher
@@ -112,6 +116,17 @@ class DataPlane:
         return PredictResponse(model=self.answers.model_ref, predictions=[
             self.answers.prediction(i, img, output.image(i)) for i, img in enumerate(decoded)])
 
+    async def predict_fhir(self, images: Sequence[EncodedImage]) -> bytes:
+        """Classify encoded images and report them as a FHIR R4 Bundle (JSON bytes; see
+        :mod:`service.reports`). Errors: those of :meth:`_run`, and
+        :class:`~service.reports.ReportError` when the images name different patients."""
+        decoded, output = await self._run(images)
+        self.answers.check_in_distribution(decoded, output)
+        predictions = [self.answers.prediction(i, img, output.image(i)) for i, img in enumerate(decoded)]
+        # building and validating the resources costs ~5 ms per image (fhir.resources): off the event loop
+        return await asyncio.to_thread(self.reports.bundle, predictions, [img.dicom for img in decoded],
+                                       self.answers.model_ref)
+
     def model_info(self) -> ModelInfo:
         """Summary of the manifest plus the active execution provider."""
         return self.answers.model_info()
@@ -158,4 +173,4 @@ class DataPlane:
             flags = [self.answers.ood_flag(output.image(i)) for i in range(len(images))]
             guard = ([s for s, _ in flags], [f for _, f in flags], m.ood.threshold)
         return v2.encode_response(output.probabilities, m.class_codes, m.name, m.version, request.id, want_binary,
-                                  guard)
+                                  guard, row_uids=[im.uids() for im in images])

@@ -9,9 +9,14 @@ whole if any failed.
 
 Formats: JPEG, PNG and the rest of what Pillow opens go through :func:`service.preprocessing.preprocess_bytes`
 (the function the trainer and the exporter use too). :data:`FORMATS` is the one place another
-format plugs in, tried before that default: DICOM Part 10 as
-``ImageFormat("dicom", service.codecs.dicom.is_dicom, <preprocess_dicom with its refs as metadata>)``.
-Until it is registered a DICOM file takes the Pillow path (and fails there as ``not_an_image``).
+format plugs in, tried before that default: DICOM Part 10 is registered there as
+``ImageFormat("dicom", is_dicom, preprocess_dicom + its DicomRefs as metadata ``{"dicom": refs}``,
+media_types=("application/dicom",))`` (:mod:`service.codecs.dicom`): an image goes to it when the
+client declared ``application/dicom`` (multipart part Content-Type, ``data:`` URL) or when its bytes
+hold ``DICM`` at byte 128. Its pixels end in the same resize function as every other image
+(:func:`service.preprocessing.resize_to_array`; JPEG Baseline frames even in the same JPEG decode).
+pydicom takes ~0.2 s to import: the codec is imported on first use, and :func:`load_formats` (called
+at start-up) does that before the first request.
 
 Where decoding runs (decoding costs more CPU than inference for this model):
 
@@ -31,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -60,14 +66,27 @@ class DecodedImage:
     id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def dicom(self) -> Any | None:
+        """The :class:`~service.codecs.dicom.DicomRefs` of an image decoded from DICOM, else None."""
+        return self.metadata.get("dicom")
+
+    def uids(self) -> dict[str, str | None]:
+        """The DICOM UIDs an answer echoes (``study_instance_uid``, ``series_instance_uid``,
+        ``sop_instance_uid``); empty for other images. Never the patient fields."""
+        refs = self.dicom
+        return refs.uids() if refs is not None else {}
+
 
 @dataclass(frozen=True)
 class ImageFormat:
-    """A format besides the default: its name, how to recognise its bytes, how to decode them."""
+    """A format besides the default: its name, how to recognise its bytes, how to decode them, and
+    the declared media types that select it whatever the bytes look like."""
 
     name: str
     sniff: Callable[[bytes], bool]
     decode: FormatDecoder
+    media_types: tuple[str, ...] = ()
 
 
 def decode_raster(data: bytes, spec: PreprocessSpec) -> tuple[np.ndarray, Mapping[str, Any]]:
@@ -75,14 +94,43 @@ def decode_raster(data: bytes, spec: PreprocessSpec) -> tuple[np.ndarray, Mappin
     return preprocess_bytes(data, spec), {}
 
 
-#: Formats tried in order before :func:`decode_raster` (none registered yet; see the module docstring).
-FORMATS: list[ImageFormat] = []
+def _dicom_codec() -> ModuleType:
+    """:mod:`service.codecs.dicom`, imported on first use (pydicom; see :func:`load_formats`)."""
+    from service.codecs import dicom
+
+    return dicom
 
 
-def format_decoder(data: bytes) -> FormatDecoder:
-    """The decoder for ``data``: the first registered format whose sniff accepts it, else the default."""
+def sniff_dicom(data: bytes) -> bool:
+    """DICOM Part 10 bytes (``DICM`` at byte 128): :func:`service.codecs.dicom.is_dicom`."""
+    return _dicom_codec().is_dicom(data)
+
+
+def decode_dicom(data: bytes, spec: PreprocessSpec) -> tuple[np.ndarray, Mapping[str, Any]]:
+    """One DICOM object -> model-input pixels and ``{"dicom": DicomRefs}`` (UIDs to echo; the
+    PatientID only for a FHIR subject). Refusals raise
+    :class:`~service.codecs.dicom.DicomDecodeError` (an ``ImageDecodeError``: 422 per image)."""
+    pixels, refs = _dicom_codec().preprocess_dicom(data, spec)
+    return pixels, {"dicom": refs}
+
+
+#: Formats tried in order before :func:`decode_raster` (see the module docstring).
+FORMATS: list[ImageFormat] = [
+    ImageFormat("dicom", sniff_dicom, decode_dicom, media_types=("application/dicom",)),
+]
+
+
+def load_formats() -> None:
+    """Import the registered formats' codecs now (blocking, ~0.2 s for pydicom): called at start-up, so
+    that no request pays for the import (and pydicom's logging is tamed before any request)."""
+    _dicom_codec()
+
+
+def format_decoder(data: bytes, media_type: str | None = None) -> FormatDecoder:
+    """The decoder for ``data``: the first registered format that ``media_type`` (as declared by the
+    client) names or whose sniff accepts the bytes, else the default."""
     for fmt in FORMATS:
-        if fmt.sniff(data):
+        if (media_type is not None and media_type in fmt.media_types) or fmt.sniff(data):
             return fmt.decode
     return decode_raster
 
@@ -96,7 +144,7 @@ def decode_one(img: EncodedImage, spec: PreprocessSpec) -> DecodedImage | tuple[
     except ValueError as exc:
         return ("invalid_base64", str(exc))
     try:
-        pixels, metadata = format_decoder(data)(data, spec)
+        pixels, metadata = format_decoder(data, img.declared_media_type)(data, spec)
     except ImageDecodeError as exc:
         return (exc.reason, exc.detail)
     return DecodedImage(pixels, img.id, metadata)

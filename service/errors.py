@@ -25,8 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batching import BatcherClosed, DeadlineExceeded, InferenceError, QueueFullError
 from service.inputs import InvalidInputError, ModelNotFoundError, NoImagesError, RequestError, TooManyImagesError
-from service.jobs import JobFinishedError, JobNotFoundError
+from service.jobs import JobFinishedError, JobNotFoundError, JobNotSucceededError
 from service.preprocessing import ImageDecodeError
+from service.reports import ReportError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ class PayloadTooLargeError(Exception):
 
 class UnsupportedMediaTypeError(Exception):
     """The request's Content-Type is not one this route accepts."""
+
+
+class NotAcceptableError(Exception):
+    """None of the media types in the request's ``Accept`` header is one this route answers with."""
 
 
 class AuthenticationError(Exception):
@@ -85,10 +90,15 @@ ERROR_TABLE: dict[type[BaseException], ErrorRule] = {
     TooManyImagesError: ErrorRule(413, "too many images in the request"),
     PayloadTooLargeError: ErrorRule(413, "the body is larger than its limit"),
     UnsupportedMediaTypeError: ErrorRule(415, "unsupported Content-Type"),
+    NotAcceptableError: ErrorRule(406, "none of the media types in `Accept` is offered "
+                                       "(application/json or application/fhir+json)"),
+    ReportError: ErrorRule(422, "the results cannot go into one FHIR report (the images name different "
+                                "patients); `detail` gives the reason"),
     AuthenticationError: ErrorRule(401, "missing or wrong API key", headers=lambda e: {"WWW-Authenticate": "Bearer"}),
     ModelNotFoundError: ErrorRule(404, "unknown model name or version"),
     JobNotFoundError: ErrorRule(404, "no such job for this API key (unknown, expired, or another key's job)"),
     JobFinishedError: ErrorRule(409, "the job has already finished"),
+    JobNotSucceededError: ErrorRule(409, "the job has not succeeded (yet): its FHIR report exists once it has"),
     QueueFullError: ErrorRule(503, "the queue is full; retry after `Retry-After` seconds (estimated)",
                               headers=lambda e: {"Retry-After": str(e.retry_after_s)}),
     BatcherClosed: ErrorRule(503, "shutting down", headers=lambda e: _RETRY_5),

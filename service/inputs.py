@@ -46,13 +46,28 @@ class EncodedImage:
     """One image as received: raw file bytes (multipart, binary tensors) or a base64 string (JSON).
 
     Exactly one of ``data`` / ``b64`` is set; ``error`` pre-records a problem found while parsing
-    the request (e.g. a multipart field that is not a file) as ``(reason, message)``.
+    the request (e.g. a multipart field that is not a file) as ``(reason, message)``;
+    ``media_type`` is what the client declared (a multipart part's Content-Type, lower case, no
+    parameters), if anything: ``application/dicom`` picks the DICOM decoder (see
+    :func:`service.decoder.format_decoder`).
     """
 
     data: bytes | None = None
     b64: str | None = None
     id: str | None = None
     error: tuple[str, str] | None = None
+    media_type: str | None = None
+
+    @property
+    def declared_media_type(self) -> str | None:
+        """``media_type``, else the media type of a base64 ``data:<type>;base64,`` URL (lower case)."""
+        if self.media_type is not None:
+            return self.media_type
+        if self.b64 is not None and self.b64.startswith("data:"):
+            comma = self.b64.find(",", 0, 256)
+            if comma > 0:
+                return self.b64[5:comma].split(";", 1)[0].strip().lower() or None
+        return None
 
     @property
     def size(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -284,10 +285,46 @@ class JobSettings(_Group):
     )
 
 
+#: The default canonical base of dermserve's own FHIR code systems (``.example`` is reserved, RFC 2606);
+#: the same value as :data:`service.codecs.fhir.DEFAULT_CANONICAL_BASE` (kept here so settings stay light).
+DEFAULT_FHIR_CANONICAL_BASE = "https://dermserve.example/fhir"
+
+_ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+
+
+class FhirSettings(_Group):
+    """FHIR output (``Accept: application/fhir+json`` on ``POST /predict`` and ``GET /jobs/{id}``)."""
+
+    canonical_base: Annotated[str, Flat("fhir_canonical_base")] = Field(
+        DEFAULT_FHIR_CANONICAL_BASE, description="canonical base URL of dermserve's own FHIR code systems (class "
+        "codes, result and component codes: <base>/CodeSystem/ham10000-class and <base>/CodeSystem/dermserve-result); "
+        "set it to where your organisation publishes them"
+    )
+    patient_identifier_system: Annotated[str | None, Flat("fhir_patient_identifier_system")] = Field(
+        None, description="the hospital's URI for the DICOM PatientIDs it sends (FHIR Identifier.system of the "
+        "report's subject); None = no system (DICOM does not carry one)"
+    )
+
+    @field_validator("canonical_base")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("fhir_canonical_base must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("patient_identifier_system")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is not None and not _ABSOLUTE_URI.match(value):
+            raise ValueError("fhir_patient_identifier_system must be an absolute URI (e.g. urn:oid:... or https://...)")
+        return value
+
+
 #: The groups, by their attribute name on :class:`Settings`.
 GROUPS: dict[str, type[BaseModel]] = {
     "runtime": RuntimeSettings, "decode": DecodeSettings, "server": ServerSettings, "batching": BatchingSettings,
     "limits": LimitSettings, "referral": ReferralSettings, "access": AccessSettings, "jobs": JobSettings,
+    "fhir": FhirSettings,
 }
 
 
@@ -369,6 +406,7 @@ class Settings(BaseSettings):
     referral: ReferralSettings = Field(default_factory=ReferralSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    fhir: FhirSettings = Field(default_factory=FhirSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,9 +60,44 @@ def test_every_failed_image_is_named_and_the_request_refused_whole():
     assert "4 of 5 images" in err.value.message
 
 
-def test_dicom_without_its_decoder_fails_as_before():
+def test_without_a_registered_format_dicom_takes_the_pillow_path(monkeypatch):
+    monkeypatch.setattr(decoder_module, "FORMATS", [])
     result = decode_one(EncodedImage(data=dicom_like(b"rest")), SPEC)
     assert isinstance(result, tuple) and result[0] == "not_an_image"
+
+
+def test_dicom_is_registered_and_chosen_by_marker_or_declared_media_type():
+    """DICOM bytes (DICM at 128) or a declared application/dicom go to the DICOM codec, whose
+    refusals are dicom_* reasons; other bytes stay on the default path."""
+    assert [f.name for f in decoder_module.FORMATS] == ["dicom"]
+    assert format_decoder(dicom_like()) is decoder_module.decode_dicom
+    assert format_decoder(png()) is decode_raster
+    assert format_decoder(png(), "application/dicom") is decoder_module.decode_dicom
+    assert format_decoder(png(), "image/png") is decode_raster
+    # a header without a transfer syntax: refused by the DICOM codec, not 'not_an_image'
+    assert decode_one(EncodedImage(data=dicom_like(b"rest")), SPEC)[0] == "dicom_invalid"  # type: ignore[index]
+    # declared DICOM without the Part 10 marker (a mislabelled PNG): a DICOM refusal that says so
+    for img in (EncodedImage(data=png(), media_type="application/dicom"),
+                EncodedImage(b64="data:application/dicom;base64," + base64.b64encode(png()).decode())):
+        reason, message = decode_one(img, SPEC)  # type: ignore[misc]
+        assert reason == "dicom_invalid" and "DICM" in message
+    # the same PNG as a data:image/png URL is an ordinary image
+    ok = decode_one(EncodedImage(b64="data:image/png;base64," + base64.b64encode(png()).decode()), SPEC)
+    assert isinstance(ok, DecodedImage) and ok.uids() == {} and ok.dicom is None
+
+
+def test_a_real_dicom_object_decodes_with_its_uids_as_metadata():
+    from pydicom.data import get_testdata_file
+
+    from service.codecs.dicom import preprocess_dicom
+
+    data = Path(get_testdata_file("SC_rgb_rle.dcm", download=False)).read_bytes()  # 100x100 RGB, RLE
+    (out,) = decode([EncodedImage(data=data, id="sc.dcm")])
+    pixels, refs = preprocess_dicom(data, SPEC)
+    np.testing.assert_array_equal(out.pixels, pixels)
+    assert out.id == "sc.dcm" and out.dicom == refs
+    assert out.uids() == refs.uids() and out.uids()["study_instance_uid"].startswith("1.2.826.0.1.3680043")
+    assert "patient_id" not in out.uids()
 
 
 def test_a_registered_format_is_sniffed_decoded_and_its_metadata_kept(monkeypatch):

@@ -544,6 +544,10 @@ def test_corrupt_and_truncated_bytes(vlp):
     assert refusal(data[:132]).reason in ("dicom_invalid", "dicom_no_pixel_data")
     for fraction in (0.2, 0.5, 0.8, 0.95, 0.99):
         refusal(data[: int(len(data) * fraction)])
+    # cut inside the (encapsulated) pixel data, where most of a file's bytes are: truncated, not "no pixel data"
+    pixel_data_at = data.rindex(b"\xe0\x7f\x10\x00")
+    for end in (pixel_data_at + 40, (pixel_data_at + len(data)) // 2, len(data) - 10):
+        assert refusal(data[:end]).reason == "dicom_invalid"
     # A frame whose entropy-coded data stops a third of the way in, inside an intact DICOM
     # structure: refused like the truncated JPEG it is (with an EOI marker appended, Pillow -- and
     # so the service's JPEG path -- would instead return the grey-filled partial image).

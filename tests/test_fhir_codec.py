@@ -104,7 +104,7 @@ def bundle() -> dict[str, Any]:
     preds = [
         prediction("nv", 0, image_id="lesion-a"),
         prediction("mel", 1, referral_reasons=["malignant_probability_at_or_above_threshold"],
-                   out_of_distribution=False, out_of_distribution_score=0.12),
+                   out_of_distribution=False, ood_score=0.12),
         prediction("df", 2, referral_reasons=["malignant_probability_at_or_above_threshold",
                                               "top_probability_below_minimum"]),
     ]

@@ -369,6 +369,9 @@ def _decode(data: bytes, *, max_pixels: int, spec: PreprocessSpec | None) -> Dec
         raise DicomDecodeError(
             REASON_INVALID, f"the DICOM file could not be parsed ({type(exc).__name__})"
         ) from None
+    if len(ds) == 0:  # pydicom 3 returns an empty data set when the file ends inside encapsulated pixel data
+        raise DicomDecodeError(REASON_INVALID, "the DICOM file holds no data set after its file meta information "
+                               "(truncated or corrupt)")
     refs = _read_refs(ds)
     try:
         pixels, photometric, ts, decoder = _decode_dataset(ds, refs, max_pixels=max_pixels, spec=spec)

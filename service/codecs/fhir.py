@@ -78,6 +78,7 @@ HAM10000_NAMES: dict[str, str] = {
 REFERRAL_REASON_TEXT: dict[str, str] = {
     "malignant_probability_at_or_above_threshold": "Malignant probability at or above the referral threshold",
     "top_probability_below_minimum": "Top-1 probability below the minimum for a confident answer",
+    "out_of_distribution": "Image outside the model's training distribution (out-of-distribution guard)",
 }
 
 
@@ -166,7 +167,7 @@ def build_fhir_bundle(
             ``index``, ``id``, ``label``, ``label_name``, ``probability``, ``probabilities``
             (class -> p), ``malignant_probability``, ``referral_recommended``,
             ``referral_reasons``; optionally ``out_of_distribution`` (bool) and
-            ``out_of_distribution_score`` (float) once the model provides them.
+            ``ood_score`` (float), reported when a guard gave a score (``ood_score`` not None).
         model_name: the manifest's model name (-> ``Device.deviceName``, ``Observation.method``).
         model_version: the manifest's model version.
         dicom_refs: per image (same order), ``None`` for a non-DICOM image, or an object/mapping
@@ -352,12 +353,14 @@ def _observation(
                         "display": REFERRAL_REASON_TEXT.get(str(reason), str(reason))}],
             "text": REFERRAL_REASON_TEXT.get(str(reason), str(reason)),
         }))
-    if pred.get("out_of_distribution") is not None:
+    # the guard's verdict only where a guard ran (it gave a score): a model without one says nothing, since
+    # its predictions carry out_of_distribution=false by default
+    if pred.get("ood_score") is not None or pred.get("out_of_distribution"):
         components.append(comp("out-of-distribution", "Image outside the model's training distribution",
-                               valueBoolean=bool(pred["out_of_distribution"])))
-    if pred.get("out_of_distribution_score") is not None:
+                               valueBoolean=bool(pred.get("out_of_distribution"))))
+    if pred.get("ood_score") is not None:
         components.append(comp("out-of-distribution-score", "Out-of-distribution score",
-                               valueQuantity={"value": round(float(pred["out_of_distribution_score"]), 6)}))
+                               valueQuantity={"value": round(float(pred["ood_score"]), 6)}))
 
     top_p = float(pred.get("probability", probabilities[label]))
     value_codings = []

@@ -13,6 +13,10 @@ Inputs (any number, concatenated in order, each contributing images):
 
 Output: one tensor :data:`OUTPUT` ``FP32 [N_total, K]``: calibrated probabilities in manifest class
 order (``parameters.classes``), as JSON ``data`` or, when asked for, little-endian binary data.
+When any image was a DICOM object, the output's parameters also carry :data:`UID_PARAMETERS`
+(``study_instance_uid``, ``series_instance_uid``, ``sop_instance_uid``): each a comma-separated
+string with one entry per output row, empty for rows that were not DICOM (parameter values must be
+scalars in the protocol; UIDs are digits and dots, so the comma is unambiguous, as in ``classes``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,6 +41,8 @@ OOD_SCORE_OUTPUT = "ood_score"
 OOD_FLAG_OUTPUT = "out_of_distribution"
 #: Header giving the length of the JSON part when binary tensor data follows it.
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: Output parameters echoing the DICOM UIDs of the rows (see the module docstring).
+UID_PARAMETERS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
 
 T = TypeVar("T")
 
@@ -216,12 +222,17 @@ def flatten(data: Any) -> Iterator[Any]:
 def encode_response(probabilities: np.ndarray, classes: Sequence[str], model_name: str, model_version: str,
                     request_id: str | None, binary: bool,
                     guard: tuple[Sequence[float], Sequence[bool], float] | None = None,
+                    row_uids: Sequence[Mapping[str, str | None]] | None = None,
                     ) -> tuple[InferenceResponse, bytes | None]:
     """The response for ``probabilities`` ``(N, K)``.
 
     With ``guard`` = ``(ood_scores, out_of_distribution flags, threshold)`` (a model with an
     out-of-distribution guard), two more outputs follow, always as JSON data: :data:`OOD_SCORE_OUTPUT`
     FP32 ``[N]`` and :data:`OOD_FLAG_OUTPUT` BOOL ``[N]``.
+
+    Args:
+        row_uids: per row, the DICOM UIDs of its image (``{}`` for other images); when any row has
+            one, the :data:`OUTPUT` tensor's parameters carry :data:`UID_PARAMETERS`.
 
     Returns:
         ``(response, binary_output)``: with ``binary``, the output carries
@@ -230,7 +241,7 @@ def encode_response(probabilities: np.ndarray, classes: Sequence[str], model_nam
     """
     probs = np.ascontiguousarray(probabilities, dtype="<f4")
     out = ResponseOutput(name=OUTPUT, shape=list(probs.shape), datatype="FP32",
-                         parameters={"classes": ",".join(classes)})
+                         parameters={"classes": ",".join(classes), **uid_parameters(row_uids or [])})
     binary_out = None
     if binary:
         binary_out = probs.tobytes()
@@ -247,6 +258,14 @@ def encode_response(probabilities: np.ndarray, classes: Sequence[str], model_nam
         ]
     return InferenceResponse(model_name=model_name, model_version=model_version, id=request_id,
                              outputs=outputs), binary_out
+
+
+def uid_parameters(row_uids: Sequence[Mapping[str, str | None]]) -> dict[str, str]:
+    """:data:`UID_PARAMETERS` as comma-separated strings (one entry per row), or ``{}`` when no row
+    came from DICOM."""
+    if not any(uids.get(k) for uids in row_uids for k in UID_PARAMETERS):
+        return {}
+    return {k: ",".join(uids.get(k) or "" for uids in row_uids) for k in UID_PARAMETERS}
 
 
 def http_body(response: InferenceResponse, binary_output: bytes | None) -> tuple[bytes, str, dict[str, str]]:
@@ -268,7 +287,8 @@ def model_metadata(name: str, version: str, input_name: str, height: int, width:
         name=name, versions=[version], platform="onnxruntime_onnx",
         inputs=[
             MetadataTensor(name=BYTES_INPUT, datatype="BYTES", shape=[-1],
-                           parameters={"content": "encoded image files (JPEG, PNG, ...); base64 strings in JSON"}),
+                           parameters={"content": "encoded image files (JPEG, PNG, ..., DICOM Part 10); base64 "
+                                                  "strings in JSON"}),
             MetadataTensor(name=input_name, datatype="UINT8", shape=[-1, height, width, 3],
                            parameters={"content": "RGB pixels 0..255 at the model input size; FP32 also accepted"}),
         ],

@@ -21,3 +21,7 @@ class JobNotFoundError(JobError):
 
 class JobFinishedError(JobError):
     """The job has already finished (succeeded, failed or cancelled) and cannot be cancelled (-> 409)."""
+
+
+class JobNotSucceededError(JobError):
+    """The job has no results to report yet (queued or running), or never will (failed, cancelled) (-> 409)."""

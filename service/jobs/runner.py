@@ -210,8 +210,12 @@ class JobRunner:
         await self._gap()  # shaping + storing cost GIL time too
         results = [(i.job_id, i.idx, self.answers.prediction(i.idx, d, output.image(k)).model_dump_json())
                    for k, (i, d) in enumerate(zip(items, decoded))]
+        # the patient a DICOM image names, kept beside its result for the job's FHIR subject only
+        patients = {(i.job_id, i.idx): (d.dicom.patient_id, d.dicom.patient_id_issuer)
+                    for i, d in zip(items, decoded) if d.dicom is not None and d.dicom.patient_id}
         ref = self.answers.model_ref
-        stored = await asyncio.to_thread(self.store.complete, self.worker_id, results, ref.name, ref.version)
+        stored = await asyncio.to_thread(self.store.complete, self.worker_id, results, ref.name, ref.version,
+                                         patients)
         if stored < len(results):
             log.info("%d of %d job results discarded (job cancelled or claim lost)", len(results) - stored,
                      len(results))

@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from schemas.api import DISCLAIMER, JobAccepted, JobStatus, ModelRef, Prediction
 from service.decoder import ImageDecoder
 from service.inputs import EncodedImage, NoImagesError, TooManyImagesError
+from service.jobs import JobNotSucceededError
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore, JobView
+from service.reports import FhirReports, stored_refs
 from service.settings import JobSettings
 
 
@@ -41,11 +43,14 @@ class JobsService:
         max_check_wait_s: total seconds one submission's decode check may wait for gaps between
             ``/predict`` requests; then it decodes without waiting (so a big study under heavy
             ``/predict`` load is still answered).
+        reports: builds a succeeded job's FHIR report (``GET /jobs/{id}`` with
+            ``Accept: application/fhir+json``).
     """
 
     def __init__(self, store: JobStore, decoder: ImageDecoder, runner: JobRunner, settings: JobSettings,
-                 max_check_wait_s: float = 2.0) -> None:
+                 max_check_wait_s: float = 2.0, *, reports: FhirReports | None = None) -> None:
         self.store = store
+        self.reports = reports or FhirReports()
         self.decoder = decoder
         self.runner = runner
         self.max_images_per_job = settings.max_images
@@ -96,6 +101,30 @@ class JobsService:
         """
         def work() -> bytes:
             return self._status(self.store.get(job_id, owner)).model_dump_json(exclude_unset=True).encode()
+
+        return await asyncio.to_thread(work)
+
+    async def get_fhir(self, job_id: str, owner: str | None) -> bytes:
+        """A succeeded job's results as a FHIR R4 Bundle (JSON bytes; built in a worker thread).
+
+        The subject is the PatientID its DICOM images named (stored beside the results for this
+        report, deleted with the job); the UIDs come from the stored predictions.
+
+        Raises:
+            JobNotFoundError: unknown, expired, or another key's job.
+            JobNotSucceededError: queued, running, failed or cancelled (no results to report).
+            ReportError: the images name different patients.
+        """
+        def work() -> bytes:
+            v = self.store.get(job_id, owner, patients=True)
+            if v.results is None:
+                raise JobNotSucceededError(f"job {job_id!r} is {v.status}: its FHIR report exists once it has "
+                                           "succeeded (poll with Accept: application/json)")
+            predictions = [Prediction.model_validate_json(r) for r in v.results]
+            patients = v.patients or {}
+            refs = [stored_refs(p, patients.get(p.index)) for p in predictions]
+            return self.reports.bundle(predictions, refs, ModelRef(name=v.model_name or "",
+                                                                   version=v.model_version or ""))
 
         return await asyncio.to_thread(work)
 

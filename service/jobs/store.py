@@ -14,21 +14,24 @@ Backends (``jobs_database_url``):
   again. Only the holder of a live claim can store a result, so each stored result was computed
   under exactly one claim.
 
-Tables: ``dermserve_jobs`` (one row per job) and ``dermserve_job_items`` (one row per image:
-the original bytes until the result is stored, then the result as JSON). Times are Unix epoch
-seconds (float, UTC).
+Tables: ``dermserve_jobs`` (one row per job), ``dermserve_job_items`` (one row per image:
+the original bytes until the result is stored, then the result as JSON) and
+``dermserve_job_patients`` (for a DICOM image whose header names a patient: its PatientID and
+IssuerOfPatientID, stored with the result and only read for the FHIR subject of ``GET /jobs/{id}``;
+never part of the JSON result). Times are Unix epoch seconds (float, UTC).
 
 Lifecycle of a job: ``queued`` -> ``running`` (first claim) -> ``succeeded`` (every result stored) |
 ``failed`` | ``cancelled``. Images are deleted as soon as their result is stored (and all of a job's
 remaining images when it fails or is cancelled); finished jobs are deleted ``job_retention_s``
-seconds after finishing (:meth:`JobStore.sweep`).
+seconds after finishing (:meth:`JobStore.sweep`), their patient rows with them (and at once when a
+job fails or is cancelled).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +111,19 @@ class JobItemRow(Base):
     __table_args__ = (Index("ix_dermserve_job_items_state", "state", "lease_until"),)
 
 
+class JobPatientRow(Base):
+    """The patient a job image's DICOM header named (PatientID, IssuerOfPatientID): kept for the FHIR
+    subject of the job's report, deleted with the job. A table of its own (not columns of the items),
+    so stores created before it gain it by ``create_all`` without a migration."""
+
+    __tablename__ = "dermserve_job_patients"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("dermserve_jobs.id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str | None] = mapped_column(String(64))
+
+
 @dataclass(frozen=True)
 class ClaimedItem:
     """An image claimed for computation by this worker."""
@@ -134,6 +150,9 @@ class JobView:
     model_name: str | None
     model_version: str | None
     results: list[str] | None = None
+    #: image index -> (PatientID, IssuerOfPatientID) of DICOM images naming a patient; only when
+    #: read with ``patients=True`` (the FHIR report), else None
+    patients: dict[int, tuple[str, str | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,28 +248,35 @@ class JobStore:
             raise JobNotFoundError(f"no job {job_id!r} (unknown, expired, or not yours)")
         return job
 
-    def get(self, job_id: str, key_hash: str | None) -> JobView:
+    def get(self, job_id: str, key_hash: str | None, *, patients: bool = False) -> JobView:
         """Read a job (with results when it has succeeded).
 
         Args:
             key_hash: the caller's key hash; ``None`` = authentication is off, every job is visible.
+            patients: also read the patients of a succeeded job's DICOM images (for its FHIR report only).
 
         Raises:
             JobNotFoundError: unknown id, expired, or another key's job.
         """
         with Session(self.engine) as s:
             job = self._owned(s, job_id, key_hash)
-            results = None
+            results = found = None
             if job.status == "succeeded":
                 results = list(s.scalars(select(JobItemRow.result).where(JobItemRow.job_id == job_id)
                                          .order_by(JobItemRow.idx)))
-            return self._view(job, results)
+                if patients:
+                    found = {idx: (pid, issuer) for idx, pid, issuer in s.execute(
+                        select(JobPatientRow.idx, JobPatientRow.patient_id, JobPatientRow.issuer)
+                        .where(JobPatientRow.job_id == job_id))}
+            return self._view(job, results, found)
 
     @staticmethod
-    def _view(job: JobRow, results: list[str] | None) -> JobView:
+    def _view(job: JobRow, results: list[str] | None,
+              patients: dict[int, tuple[str, str | None]] | None = None) -> JobView:
         return JobView(id=job.id, status=job.status, done=job.done, total=job.total, reference=job.reference,
                        created_at=job.created_at, finished_at=job.finished_at, error=job.error,
-                       model_name=job.model_name, model_version=job.model_version, results=results)
+                       model_name=job.model_name, model_version=job.model_version, results=results,
+                       patients=patients)
 
     def cancel(self, job_id: str, key_hash: str | None) -> JobView:
         """Cancel an unfinished job and delete its remaining images.
@@ -266,6 +292,7 @@ class JobStore:
             if n == 0:
                 s.refresh(job)
                 raise JobFinishedError(f"job {job_id!r} has already finished ({job.status}); it cannot be cancelled")
+            s.execute(delete(JobPatientRow).where(JobPatientRow.job_id == job_id))
             s.execute(delete(JobItemRow).where(JobItemRow.job_id == job_id))
             s.refresh(job)
             return self._view(job, None)
@@ -278,6 +305,7 @@ class JobStore:
         with Session(self.engine) as s, s.begin():
             s.execute(update(JobRow).where(JobRow.id.in_(ids), JobRow.status.in_(UNFINISHED))
                       .values(status="failed", error=error, finished_at=time.time()))
+            s.execute(delete(JobPatientRow).where(JobPatientRow.job_id.in_(ids)))
             s.execute(delete(JobItemRow).where(JobItemRow.job_id.in_(ids)))
 
     # ---------------------------------------------------------------- work queue
@@ -321,17 +349,22 @@ class JobStore:
         return claimed
 
     def complete(self, worker_id: str, results: Sequence[tuple[str, int, str]], model_name: str,
-                 model_version: str) -> int:
+                 model_version: str, patients: Mapping[tuple[str, int], tuple[str, str | None]] | None = None) -> int:
         """Store results ``(job_id, idx, prediction JSON)`` of images this worker holds a claim on.
 
         The image bytes are deleted in the same update. A result whose claim was lost (lease
         expired and another worker re-claimed it, or the job was cancelled) is discarded. A job
         whose every result is stored becomes ``succeeded``.
 
+        Args:
+            patients: ``(job_id, idx) -> (PatientID, IssuerOfPatientID)`` of DICOM images naming a
+                patient, stored with their result (for the job's FHIR report).
+
         Returns:
             The number of results stored.
         """
         stored: dict[str, int] = {}
+        patients = patients or {}
         with Session(self.engine) as s, s.begin():
             for job_id, idx, result in results:
                 n = s.execute(
@@ -341,6 +374,9 @@ class JobStore:
                     .values(state="done", result=result, data=None, computed_by=worker_id, lease_until=None)
                 ).rowcount
                 stored[job_id] = stored.get(job_id, 0) + n
+                patient = patients.get((job_id, idx))
+                if n == 1 and patient is not None:
+                    s.add(JobPatientRow(job_id=job_id, idx=idx, patient_id=patient[0], issuer=patient[1]))
             now = time.time()
             for job_id, n in stored.items():
                 if n == 0:
@@ -410,6 +446,7 @@ class JobStore:
         cutoff = time.time() - retention_s
         with Session(self.engine) as s, s.begin():
             expired = select(JobRow.id).where(JobRow.status.in_(FINISHED), JobRow.finished_at < cutoff)
+            s.execute(delete(JobPatientRow).where(JobPatientRow.job_id.in_(expired)))
             s.execute(delete(JobItemRow).where(JobItemRow.job_id.in_(expired)))
             return s.execute(delete(JobRow).where(JobRow.status.in_(FINISHED), JobRow.finished_at < cutoff)).rowcount
 

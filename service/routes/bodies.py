@@ -20,6 +20,8 @@ from service.routes.multipart import MultipartError, Part, TooManyPartsError, re
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
+#: A DICOM Part 10 file (multipart part Content-Type; the format sniff finds it without one as well).
+DICOM = "application/dicom"
 #: The encodings of an image upload (``POST /predict``, ``POST /jobs``).
 IMAGE_MEDIA_TYPES = (MULTIPART, JSON)
 _IMAGE_MEDIA_HINT = "use multipart/form-data (file parts named 'images') or application/json"
@@ -140,7 +142,7 @@ async def _multipart_images(request: Request, max_images: int, max_field_bytes: 
         if part.name != "images":
             others.append(part)
         elif part.filename is not None:
-            images.append(EncodedImage(data=part.data, id=part.filename or None))
+            images.append(EncodedImage(data=part.data, id=part.filename or None, media_type=part.content_type))
         else:
             images.append(EncodedImage(error=("not_a_file", ("the 'images' part is a text field, not a file part "
                                                              "(use a filename in Content-Disposition)"))))
@@ -157,9 +159,11 @@ def image_upload_openapi(json_schema: str, examples: dict[str, dict[str, Any]],
         text_fields: extra multipart text fields (name -> JSON schema).
     """
     images = {"type": "array", "items": {"type": "string", "format": "binary"},
-              "description": "one file part per image (JPEG, PNG, ...); the filename is echoed back as `id`"}
+              "description": "one file part per image (JPEG, PNG, ..., or DICOM Part 10: part Content-Type "
+                             "`application/dicom`, or detected by `DICM` at byte 128); the filename is echoed "
+                             "back as `id`"}
     multipart = {"type": "object", "required": ["images"], "properties": {"images": images, **(text_fields or {})}}
     return {"requestBody": {"required": True, "content": {
-        MULTIPART: {"schema": multipart, "encoding": {"images": {"contentType": "image/*"}}},
+        MULTIPART: {"schema": multipart, "encoding": {"images": {"contentType": f"image/*, {DICOM}"}}},
         JSON: {"schema": {"$ref": f"#/components/schemas/{json_schema}"}, "examples": examples},
     }}}

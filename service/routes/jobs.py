@@ -7,9 +7,10 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from schemas.api import JobAccepted, JobCreateRequest, JobStatus
-from service.errors import UPLOAD_ERRORS, AuthenticationError, NotReadyError, error_responses
-from service.jobs import JobFinishedError, JobNotFoundError
-from service.routes import bodies
+from service.errors import UPLOAD_ERRORS, AuthenticationError, NotAcceptableError, NotReadyError, error_responses
+from service.jobs import JobFinishedError, JobNotFoundError, JobNotSucceededError
+from service.reports import FHIR_CONTENT_TYPE, FHIR_JSON, ReportError
+from service.routes import bodies, negotiation
 from service.routes.deps import CallerKeyHash, Jobs, ReadyDataPlane, State, require_api_key
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
@@ -24,9 +25,11 @@ The body is the same as `POST /predict` (multipart file parts named `images`, or
 `{"images": [...]}`), plus an optional client `reference` (a form field, or a JSON field) that is
 stored and echoed back. Up to `max_images_per_job` images (setting, default 1000).
 
-Every image is decode-checked first: a job with any unusable image is refused whole with the same
-per-image 422 answer as `/predict`. Once the answer is `202 Accepted`, the job and its images are
-persisted (they survive a crash or restart of the service). Poll `Location: /jobs/{id}`.
+Images are JPEG, PNG, ... or DICOM Part 10 objects, exactly as for `POST /predict` (predictions made
+from DICOM echo the three instance UIDs). Every image is decode-checked first: a job with any unusable
+image is refused whole with the same per-image 422 answer as `/predict`. Once the answer is
+`202 Accepted`, the job and its images are persisted (they survive a crash or restart of the
+service). Poll `Location: /jobs/{id}`.
 
 Jobs run through the same dynamic batcher as `/predict`, at a lower priority. Each image is deleted
 once its result is stored; finished jobs are deleted `job_retention_s` seconds after finishing.
@@ -73,18 +76,35 @@ async def create_job(request: Request, _accepted: ReadyDataPlane, jobs: Jobs, ow
     return JSONResponse(receipt.model_dump(), status_code=202, headers={"Location": f"/jobs/{receipt.id}"})
 
 
+_GET_DESCRIPTION = """
+The job's status; `results` (the `/predict` per-image shape, input order) appear when `status` is
+`succeeded`.
+
+With **`Accept: application/fhir+json`** a succeeded job answers with its results as an HL7 FHIR R4
+`Bundle` (as `POST /predict` does); a job that has not succeeded answers 409 (poll with JSON). The
+report's subject is the PatientID the job's DICOM images named: for this, a job keeps each DICOM image's
+PatientID (and IssuerOfPatientID) beside its result in the job store until the job is deleted
+(`job_retention_s` after it finished; at once when it fails or is cancelled). It is never part of the
+JSON answer, the logs or the metrics.
+"""
+
+
 @router.get(
     "/jobs/{job_id}",
     operation_id="get_job",
-    summary="Status of a job; its results once it has succeeded",
+    summary="Status of a job; its results once it has succeeded (JSON, or FHIR by Accept)",
+    description=_GET_DESCRIPTION,
     response_model=JobStatus,
     response_model_exclude_unset=True,
-    responses=error_responses(*_READ_ERRORS),
+    responses={**error_responses(*_READ_ERRORS, NotAcceptableError, JobNotSucceededError, ReportError),
+               **negotiation.report_responses("the job's status, with `results` once it has succeeded")},
 )
-async def get_job(jobs: Jobs, owner: CallerKeyHash, job_id: str = _JOB_ID) -> Response:
-    """``results`` (the `/predict` per-image shape, input order) appear when ``status`` is ``succeeded``."""
+async def get_job(request: Request, jobs: Jobs, owner: CallerKeyHash, job_id: str = _JOB_ID) -> Response:
+    """The status as JSON, or a succeeded job's FHIR report (by ``Accept``)."""
+    if negotiation.negotiate(request) == FHIR_JSON:
+        return Response(await jobs.get_fhir(job_id, owner), media_type=FHIR_CONTENT_TYPE, headers=negotiation.VARY)
     # serialised off the event loop (JobsService.get_json); the response_model above documents the shape
-    return Response(await jobs.get_json(job_id, owner), media_type="application/json")
+    return Response(await jobs.get_json(job_id, owner), media_type="application/json", headers=negotiation.VARY)
 
 
 @router.delete(

@@ -32,16 +32,19 @@ class TooManyPartsError(MultipartError):
 
 @dataclass
 class Part:
-    """One part: ``filename`` is None for a text field (then ``data`` is its UTF-8 bytes)."""
+    """One part: ``filename`` is None for a text field (then ``data`` is its UTF-8 bytes);
+    ``content_type`` is the part's own Content-Type (lower case, no parameters), if it sent one."""
 
     name: str
     filename: str | None
     data: bytes
+    content_type: str | None = None
 
 
 @dataclass
 class _Current:
     disposition: bytes = b""
+    content_type: bytes = b""
     header_name: bytes = b""
     header_value: bytes = b""
     name: str = ""
@@ -83,8 +86,11 @@ class _Collector:
 
     def on_header_end(self) -> None:
         cur = self.cur
-        if cur.header_name.lower() == b"content-disposition":
+        name = cur.header_name.lower()
+        if name == b"content-disposition":
             cur.disposition = cur.header_value
+        elif name == b"content-type":
+            cur.content_type = cur.header_value
         cur.header_name, cur.header_value = b"", b""
 
     def on_headers_finished(self) -> None:
@@ -111,7 +117,9 @@ class _Collector:
         cur.chunks.append(data[start:end])
 
     def on_part_end(self) -> None:
-        self.parts.append(Part(self.cur.name, self.cur.filename, b"".join(self.cur.chunks)))
+        cur = self.cur
+        media = _decode(cur.content_type).split(";", 1)[0].strip().lower() or None
+        self.parts.append(Part(cur.name, cur.filename, b"".join(cur.chunks), media))
 
 
 async def read_parts(request: Request, *, max_files: int, max_fields: int, max_field_bytes: int) -> list[Part]:

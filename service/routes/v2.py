@@ -83,10 +83,13 @@ async def v2_model_ready(name: str, dp: ReadyDataPlane, version: str | None = No
 
 _INFER_DESCRIPTION = """
 Inputs (any number, concatenated in order): a `BYTES` tensor of shape `[N]` holding encoded image
-files (base64 strings in JSON, raw bytes with the binary tensor data extension), and/or a `UINT8`
-or `FP32` tensor of shape `[N, H, W, 3]` (RGB 0..255 at the model input size, see
-`GET /v2/models/{name}`). Output: `probabilities`, FP32 `[N, 7]`, temperature-calibrated, class
-order in `parameters.classes`. Decision support, not a diagnosis.
+files (JPEG, PNG, ... or DICOM Part 10, found by `DICM` at byte 128; base64 strings in JSON, raw bytes
+with the binary tensor data extension), and/or a `UINT8` or `FP32` tensor of shape `[N, H, W, 3]`
+(RGB 0..255 at the model input size, see `GET /v2/models/{name}`). Output: `probabilities`, FP32
+`[N, 7]`, temperature-calibrated, class order in `parameters.classes`. When any image was DICOM, the
+output's `parameters` also hold `study_instance_uid`, `series_instance_uid` and `sop_instance_uid`:
+comma-separated, one entry per row (empty for rows that were not DICOM). Decision support, not a
+diagnosis.
 """
 
 
