@@ -78,7 +78,7 @@ def test_dermoscopic_images_answered_with_scores(live_server, runtime, guard, te
     assert "Mahalanobis" in model["ood"]["description"]
 
 
-def test_reject_policy_names_each_ood_image(server_factory, ood_images, test_images):
+def test_reject_policy_names_each_ood_image(server_factory, guard, ood_images, test_images):
     server = server_factory(env={"DERMSERVE_OOD_POLICY": "reject"})
     blank = next(im for im in ood_images if im.name == "drawn/blank_white")
     lesion = test_images(1, offset=3)[0]
