@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
-from datetime import datetime, timezone
-from importlib.metadata import version
+from datetime import UTC, datetime
 from pathlib import Path
-
-import numpy as np
 
 from export.errors import ExportError
 from export.parity import check_parity
+from export.staging import staged_directory, tool_versions
 from schemas.manifest import HAM10000_CLASSES, Calibration, ClassInfo, InputSpec, Manifest, OutputSpec
 from service.runtime import sha256_file
 
@@ -85,20 +82,16 @@ def export_run(run_dir: Path, output_dir: Path, name: str, version_str: str, dat
         ExportError: conversion failed, parity failed, or ``output_dir`` exists without ``force``.
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
-    if output_dir.exists() and not force:
-        raise ExportError(f"{output_dir} exists; pass --force to replace it")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     calibration = json.loads((run_dir / "calibration.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     resize_method = config.get("resize_method", "bilinear")  # what the trainer decoded with
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=output_dir.parent))
-    try:
+    with staged_directory(output_dir, force) as tmp:
         height, width = keras_to_onnx(run_dir / "model.keras", tmp / "model.onnx")
         manifest = Manifest(
             name=name,
             version=version_str,
-            created_at=datetime.now(timezone.utc),
+            created_at=datetime.now(UTC),
             sha256=sha256_file(tmp / "model.onnx"),
             classes=[ClassInfo(code=c, name=n) for c, n in HAM10000_CLASSES.items()],
             input=InputSpec(name=INPUT_NAME, height=height, width=width, dtype="uint8", resize_method=resize_method),
@@ -110,30 +103,13 @@ def export_run(run_dir: Path, output_dir: Path, name: str, version_str: str, dat
         )
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         parity = check_parity(run_dir / "model.keras", tmp, data_dir, parity_images)
-        manifest.export = {
-            "tf2onnx": version("tf2onnx"), "tensorflow": version("tensorflow"), "keras": version("keras"),
-            "onnxruntime": version("onnxruntime") if _installed("onnxruntime") else version("onnxruntime-gpu"),
-            "opset": OPSET, "parity": parity,
-        }
+        manifest.export = tool_versions(OPSET) | {"parity": parity}
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         for f in json.loads((run_dir / "report_files.json").read_text()) if (run_dir / "report_files.json").exists() else []:
             shutil.copy2(run_dir / f, tmp / f)
         for f in ("MODEL_CARD.md", "metrics.json", "config.json", "history.json"):
             if (run_dir / f).exists():
                 shutil.copy2(run_dir / f, tmp / f)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        tmp.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote %s (sha256 %s)", output_dir, manifest.sha256)
     return manifest
 
-
-def _installed(dist: str) -> bool:
-    try:
-        version(dist)
-        return True
-    except Exception:
-        return False

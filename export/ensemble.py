@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
-from datetime import datetime, timezone
-from importlib.metadata import version
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from export.staging import staged_directory, tool_versions
 from schemas.manifest import (
     HAM10000_CLASSES,
     Calibration,
@@ -149,8 +148,6 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
     from trainer.ensemble import resolve_member
 
     ensemble_dir, output_dir = Path(ensemble_dir), Path(output_dir)
-    if output_dir.exists() and not force:
-        raise ExportError(f"{output_dir} exists; pass --force to replace it")
     choices = json.loads((ensemble_dir / "choices.json").read_text())
     report = json.loads((ensemble_dir / "report.json").read_text())
     members = [resolve_member(p) for p in choices["members"]]
@@ -162,15 +159,13 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
     offset = (choices["tau"] * np.log(np.asarray(choices["prior"]))).astype(np.float32)
     detectors = _detectors(ensemble_dir, len(members))
     ref = choices["referral"]
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=output_dir.parent))
-    try:
+    with staged_directory(output_dir, force) as tmp:
         outputs = convert(models, views, offset, detectors, size, tmp / "model.onnx")
         if outputs[0] != OUTPUT_NAME or OOD_OUTPUT not in outputs:
             raise ExportError(f"unexpected ONNX outputs {outputs}")
         ood_eval = {k: v for k, v in choices["ood"].items() if k not in ("method", "threshold")}
         manifest = Manifest(
-            name=name, version=version_str, created_at=datetime.now(timezone.utc),
+            name=name, version=version_str, created_at=datetime.now(UTC),
             sha256=sha256_file(tmp / "model.onnx"),
             classes=[ClassInfo(code=c, name=n) for c, n in HAM10000_CLASSES.items()],
             input=InputSpec(name=INPUT_NAME, height=size, width=size, dtype="uint8", resize_method=resize),
@@ -198,19 +193,11 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
         )
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         parity = check_parity(models, views, offset, detectors, tmp, data_dir, parity_images)
-        manifest.export = {"tf2onnx": version("tf2onnx"), "tensorflow": version("tensorflow"),
-                           "keras": version("keras"), "opset": OPSET, "parity": parity}
+        manifest.export = tool_versions(OPSET) | {"parity": parity}
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         for f in ("REPORT.md", "report.json"):
             if (ensemble_dir / f).exists():
                 shutil.copy2(ensemble_dir / f, tmp / f)
-        tmp.chmod(0o755)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        tmp.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote %s (sha256 %s)", output_dir, manifest.sha256)
     return manifest
 

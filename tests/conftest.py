@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,28 @@ def require(ok: bool, reason: str) -> None:
 def _repo_relative(value: str) -> Path:
     p = Path(value).expanduser()
     return (p if p.is_absolute() else REPO_ROOT / p).resolve()
+
+
+def run_module(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``python <args>`` from the repository root (TensorFlow quiet, no GPU); fails the test on a non-zero exit."""
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def wait_job(client, job_id: str, timeout: float = 60.0, **kw) -> dict:
+    """Poll ``GET /jobs/{job_id}`` with an ``httpx.Client`` until the job has finished; the last body."""
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        r = client.get(f"/jobs/{job_id}", **kw)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(0.1)
+    pytest.fail(f"job {job_id} did not finish within {timeout} s: {body}")
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from conftest import ServerProcess, require
+from conftest import ServerProcess, require, wait_job
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
@@ -144,16 +144,6 @@ def component_probs(obs: dict, codes: list[str]) -> np.ndarray:
     return np.array([values[f"probability-{c}"]["valueQuantity"]["value"] for c in codes])
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get(f"/jobs/{job_id}")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        time.sleep(0.1)
-    pytest.fail(f"job {job_id} did not finish within {timeout} s")
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,15 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, _repo_relative, require
+from tests.conftest import _repo_relative, require, run_module
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("tf2onnx") is not None
 needs_tf = pytest.mark.skipif(not HAS_TF and os.environ.get("CI") != "true",
@@ -127,11 +125,6 @@ def test_ood_set_is_built_by_code_and_large_enough():
 WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
 
 
-def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +134,12 @@ def tiny_ensemble(tmp_path_factory, ham_dir: Path) -> Path:
     require(weights.is_file(), f"ImageNet MobileNetV2 weights not found at {weights} (set DERMSERVE_WEIGHTS_DIR)")
     work = tmp_path_factory.mktemp("cv")
     for fold in (0, 1):
-        _run(["-m", "trainer.cv", "--fold", str(fold), "--folds", "2", "--output-dir", str(work / "members" / f"fold{fold}"),
+        run_module(["-m", "trainer.cv", "--fold", str(fold), "--folds", "2", "--output-dir", str(work / "members" / f"fold{fold}"),
               "--set", f"data_dir={ham_dir}", f"weights={weights}", "image_size=64", "limit_per_split=40",
               "finetune_epochs=1", "batch_size=16", "cache_dir=" + str(work / "cache")], timeout=600)
-    _run(["-m", "trainer.ensemble", "--members", str(work / "members"), "--out", str(work / "ensemble"),
+    run_module(["-m", "trainer.ensemble", "--members", str(work / "members"), "--out", str(work / "ensemble"),
           "--resamples", "100"], timeout=600)
-    _run(["-m", "export.ensemble", "--ensemble-dir", str(work / "ensemble"), "--output", str(work / "model"),
+    run_module(["-m", "export.ensemble", "--ensemble-dir", str(work / "ensemble"), "--output", str(work / "model"),
           "--name", "cv-smoke", "--version", "0.0.1-test", "--data-dir", str(ham_dir), "--parity-images", "40"],
          timeout=600)
     return work

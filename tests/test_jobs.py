@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ServerProcess, free_port, require, wait_ready
+from conftest import ServerProcess, free_port, require, wait_job, wait_ready
 
 ATOL = 1e-5
 FAST = {  # quick job polling for tests
@@ -48,17 +48,6 @@ def submit(client: httpx.Client, paths: list[Path], reference: str | None = None
     return body
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 60.0, **kw) -> dict:
-    """Poll until the job has finished; returns the last GET body."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get(f"/jobs/{job_id}", **kw)
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        time.sleep(0.1)
-    pytest.fail(f"job {job_id} did not finish within {timeout} s: {body}")
 
 
 def predict_probs(client: httpx.Client, paths: list[Path]) -> dict[str, dict[str, float]]:
@@ -325,6 +314,9 @@ def test_failing_model_calls_are_retried_then_fail_the_job(tmp_path, model_dir):
     max_attempts claims; a transient failure (first call only) still completes the job."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
+    from io import BytesIO
+
+    from PIL import Image
 
     from service.answers import AnswerShaper, ReferralRule
     from service.batching import BatchPolicy, DynamicBatcher, QueueLimits
@@ -334,10 +326,6 @@ def test_failing_model_calls_are_retried_then_fail_the_job(tmp_path, model_dir):
     from service.preprocessing import PreprocessSpec
     from service.runtime import load_manifest
     from service.settings import JobSettings
-
-    from io import BytesIO
-
-    from PIL import Image
 
     buf = BytesIO()
     Image.new("RGB", (40, 30), (120, 80, 60)).save(buf, "JPEG")

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, _repo_relative, require
+from tests.conftest import _repo_relative, require, run_module
+
 
 def setup_module() -> None:
     import importlib.util
@@ -34,21 +33,16 @@ def weights_file() -> Path:
     return d / WEIGHTS
 
 
-def run_cli(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, ham_dir: Path, weights_file: Path) -> Path:
     work = tmp_path_factory.mktemp("pipeline")
-    run_cli(["-m", "trainer", "--data-dir", str(ham_dir), "--weights", str(weights_file),
+    run_module(["-m", "trainer", "--data-dir", str(ham_dir), "--weights", str(weights_file),
              "--output-dir", str(work / "run"), "--image-size", "64", "--limit-per-split", "35",
              "--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "16", "--no-gallery", "--no-cache"],
             timeout=600)
-    run_cli(["-m", "export", str(work / "run"), "--output", str(work / "model"), "--name", "pipeline-smoke",
+    run_module(["-m", "export", str(work / "run"), "--output", str(work / "model"), "--name", "pipeline-smoke",
              "--version", "0.0.1-test", "--data-dir", str(ham_dir), "--parity-images", "40"], timeout=600)
     return work
 
@@ -86,7 +80,7 @@ def test_export_writes_verified_model_dir(exported: Path):
 
 def test_failed_parity_writes_nothing(exported: Path, ham_dir: Path, monkeypatch):
     """A parity failure must leave no model directory behind."""
-    import export.parity as parity
+    from export import parity
     from export.convert import export_run
     from export.errors import ExportError
 

@@ -119,7 +119,7 @@ def run_member(cfg: MemberConfig) -> dict:
     import keras
 
     from trainer.model import build_model
-    from trainer.train import BalancedAccuracyCheckpoint, freeze_backbone_prefix, set_seeds
+    from trainer.train import BalancedAccuracyCheckpoint, finetune_schedule, prepare_finetune, set_seeds
 
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
@@ -144,20 +144,8 @@ def run_member(cfg: MemberConfig) -> dict:
         cb.phase = "head"
         model.fit(ds, epochs=cfg.head_epochs, class_weight=cw, callbacks=[cb], verbose=0)
     if backbone is not None:
-        backbone.trainable = True
-        freeze_backbone_prefix(backbone, cfg.freeze_blocks)
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                if cfg.freeze_batchnorm:
-                    layer.trainable = False
-                else:
-                    layer.momentum = cfg.batchnorm_momentum
-    steps = max(1, int(np.ceil(len(train.labels) / cfg.batch_size)))
-    warmup = int(cfg.warmup_epochs * steps)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.finetune_lr / 10 if warmup else cfg.finetune_lr,
-        decay_steps=max(steps * max(cfg.finetune_epochs, 1) - warmup, 1), alpha=0.01,
-        warmup_target=cfg.finetune_lr if warmup else None, warmup_steps=warmup)
+        prepare_finetune(backbone, cfg)
+    schedule = finetune_schedule(cfg, len(train.labels))
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
     cb.phase, cb.wait = "finetune", 0
     if cfg.finetune_epochs > 0:

@@ -275,7 +275,7 @@ def fit_ood(members: Members, out: Path) -> dict:
     y = np.r_[np.zeros(len(s_test)), np.ones(len(s_ood))]
     test_logit_mean = members.test_logits[:, 0].mean(0)
     ood_logit_mean = np.mean(ood_logits, axis=0)
-    msp = lambda lg: -calibrated_probabilities(lg, 1.0).max(1)  # noqa: E731 - higher = less confident
+    msp = lambda lg: -calibrated_probabilities(lg, 1.0).max(1)
     return {
         "method": "mahalanobis_penultimate_mean_ratio",
         "threshold": 1.0,
@@ -375,9 +375,9 @@ def analyse(members_dir: Path = MEMBERS_DIR, out: Path = ENSEMBLE_DIR, target_se
     report = {
         "choices": choices,
         "cv": {"folds": cv_table, "balanced_accuracy_mean": float(b.mean()), "balanced_accuracy_sd": float(b.std(ddof=1)) if len(b) > 1 else 0.0},
-        "oof": {"n": int(len(y)), "view_sets_balanced_accuracy": {str(k): v for k, v in view_scores.items()},
+        "oof": {"n": len(y), "view_sets_balanced_accuracy": {str(k): v for k, v in view_scores.items()},
                 "tau_grid": tau_grid, "ablation": ablation_oof},
-        "test": {"n": int(len(yt)), "metrics": test_final, "referral": {"sensitivity": sens, "specificity": spec},
+        "test": {"n": len(yt), "metrics": test_final, "referral": {"sensitivity": sens, "specificity": spec},
                  "ablation": ablation_test, "members": members_single,
                  "confidence_intervals": test_confidence_intervals(yt, final_probs, lesions,
                                                                    referral["malignant_probability_threshold"],

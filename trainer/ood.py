@@ -39,7 +39,7 @@ class MahalanobisDetector:
     keep: float = 0.95
 
     @classmethod
-    def fit(cls, features: np.ndarray, labels: np.ndarray, n_classes: int) -> "MahalanobisDetector":
+    def fit(cls, features: np.ndarray, labels: np.ndarray, n_classes: int) -> MahalanobisDetector:
         """Fit class means and the shrunk shared covariance on training features.
 
         Args:

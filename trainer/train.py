@@ -14,8 +14,8 @@ import numpy as np
 from service.preprocessing import PreprocessSpec
 from trainer.config import TrainConfig
 from trainer.data import CLASS_CODES, class_weights, load_split, make_dataset, read_labels, select_rows
-from trainer.model import build_model
 from trainer.metrics import calibrated_probabilities, classification_metrics, fit_temperature
+from trainer.model import build_model
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,35 @@ def freeze_backbone_prefix(backbone, n_blocks: int) -> int:
     return frozen
 
 
+def prepare_finetune(backbone, cfg: TrainConfig) -> None:
+    """Unfreeze ``backbone`` for fine-tuning: all layers trainable except the frozen prefix
+    (``cfg.freeze_blocks``); BatchNorm frozen (``cfg.freeze_batchnorm``) or trained with
+    ``cfg.batchnorm_momentum``."""
+    import keras
+
+    backbone.trainable = True
+    freeze_backbone_prefix(backbone, cfg.freeze_blocks)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            if cfg.freeze_batchnorm:
+                layer.trainable = False
+            else:
+                layer.momentum = cfg.batchnorm_momentum
+
+
+def finetune_schedule(cfg: TrainConfig, n_train: int):
+    """Cosine learning-rate decay over the fine-tuning epochs with a linear warm-up of
+    ``cfg.warmup_epochs`` from ``finetune_lr / 10`` to ``finetune_lr`` (Loshchilov & Hutter, SGDR, 2017)."""
+    import keras
+
+    steps = max(1, int(np.ceil(n_train / cfg.batch_size)))
+    warmup = int(cfg.warmup_epochs * steps)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.finetune_lr / 10 if warmup else cfg.finetune_lr,
+        decay_steps=max(steps * max(cfg.finetune_epochs, 1) - warmup, 1), alpha=0.01,
+        warmup_target=cfg.finetune_lr if warmup else None, warmup_steps=warmup)
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train, select, calibrate and evaluate one model; write everything to ``cfg.output_dir``.
 
@@ -152,7 +181,7 @@ def run(cfg: TrainConfig) -> dict:
     train_ds = make_dataset(splits["train"], cfg.batch_size, True, cfg.augment, cfg.seed)
     val_ds = make_dataset(splits["val"], cfg.batch_size, False, False, cfg.seed)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
-    onehot = lambda ds: ds.map(lambda x, y: (x, tf.one_hot(y, len(CLASS_CODES))))  # noqa: E731
+    onehot = lambda ds: ds.map(lambda x, y: (x, tf.one_hot(y, len(CLASS_CODES))))
     history: list[dict] = []
     cb = BalancedAccuracyCheckpoint(splits["val"], cfg.batch_size, cfg.early_stopping_patience, history)
 
@@ -163,21 +192,8 @@ def run(cfg: TrainConfig) -> dict:
         model.fit(onehot(train_ds), validation_data=onehot(val_ds), epochs=cfg.head_epochs,
                   class_weight=cw, callbacks=[cb], verbose=0)
     if backbone is not None:
-        backbone.trainable = True
-        freeze_backbone_prefix(backbone, cfg.freeze_blocks)
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                if cfg.freeze_batchnorm:
-                    layer.trainable = False
-                else:
-                    layer.momentum = cfg.batchnorm_momentum
-    steps = max(1, int(np.ceil(len(splits["train"].labels) / cfg.batch_size)))
-    total = steps * max(cfg.finetune_epochs, 1)
-    warmup = int(cfg.warmup_epochs * steps)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.finetune_lr / 10 if warmup else cfg.finetune_lr,
-        decay_steps=max(total - warmup, 1), alpha=0.01,
-        warmup_target=cfg.finetune_lr if warmup else None, warmup_steps=warmup)
+        prepare_finetune(backbone, cfg)
+    schedule = finetune_schedule(cfg, len(splits["train"].labels))
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
     cb.phase = "finetune"
     cb.wait = 0
