@@ -330,7 +330,11 @@ def test_v2_infer_bytes_json(client, runtime, test_images):
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["model_name"] == runtime.manifest.name and out["id"] == "r1"
-    (o,) = out["outputs"]
+    outputs = {o["name"]: o for o in out["outputs"]}
+    # a model with an out-of-distribution guard adds its two outputs (JSON data); the probabilities come first
+    guard = runtime.manifest.ood is not None
+    assert list(outputs) == (["probabilities", "ood_score", "out_of_distribution"] if guard else ["probabilities"])
+    o = outputs["probabilities"]
     assert o["name"] == "probabilities" and o["datatype"] == "FP32" and o["shape"] == [3, 7]
     np.testing.assert_allclose(np.array(o["data"]).reshape(3, 7), reference_probs(runtime, paths), atol=ATOL)
 

@@ -256,7 +256,7 @@ def test_v2_bytes_json_and_tritonclient_binary(client, server, runtime, pairs):
                        "data": [b64(jpg.read_bytes()), b64(dcm), b64(dcm1)]}]}
     r = client.post(f"/v2/models/{name}/infer", json=req)
     assert r.status_code == 200, r.text
-    (out,) = r.json()["outputs"]
+    out = next(o for o in r.json()["outputs"] if o["name"] == "probabilities")
     probs = np.array(out["data"]).reshape(3, 7)
     np.testing.assert_allclose(probs[1], probs[0], atol=ATOL)
     expected = [{k: "" for k in UIDS}, uids_of(dcm), uids_of(dcm1)]
