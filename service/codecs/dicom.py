@@ -395,10 +395,34 @@ def _decode_dataset(
     ds: pydicom.Dataset, refs: DicomRefs, *, max_pixels: int, spec: PreprocessSpec | None
 ) -> tuple[np.ndarray, str, str, str]:
     """Checks in the order a caller can act on, then the decode. Raises :class:`_Fail`."""
+    ts = _transfer_syntax(ds)
+    _check_sop_class(ds, refs)
+    _check_transfer_syntax_supported(ts)
+    _check_single_frame(ds)
+    photometric = _colour_photometric(ds, ts)
+    bits_stored = _bits_stored(ds)
+    rows, cols = _rows_columns(ds)
+    _check_geometry(cols, rows, max_pixels, spec)
+
+    if ts in _PILLOW_JPEG_SYNTAXES and bits_stored == 8 and photometric in ("YBR_FULL_422", "YBR_FULL"):
+        frame = _jpeg_frame(ds, rows, cols)
+        if frame is not None:
+            return _pillow_jpeg_pixels(frame, rows, cols, max_pixels, spec), photometric, ts, "pillow-jpeg"
+
+    return _pydicom_rgb_pixels(ds, ts, rows, cols, bits_stored), photometric, ts, "pydicom"
+
+
+def _transfer_syntax(ds: pydicom.Dataset) -> str:
+    """The Transfer Syntax UID from the file meta information; raises :class:`_Fail` if missing or invalid."""
     file_meta = getattr(ds, "file_meta", None)
     ts = _clean_uid(file_meta.get("TransferSyntaxUID") if file_meta is not None else None)
     if ts is None:
         raise _Fail(REASON_INVALID, "the file meta information has no valid Transfer Syntax UID")
+    return ts
+
+
+def _check_sop_class(ds: pydicom.Dataset, refs: DicomRefs) -> None:
+    """Returns None if the object has integer pixel data of a photographic SOP class; else raises :class:`_Fail`."""
     sop_name = _uid_name(refs.sop_class_uid)
     if not any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009)):
         raise _Fail(REASON_NO_PIXEL_DATA, f"the DICOM object has no pixel data (SOP class: {sop_name})")
@@ -419,6 +443,9 @@ def _decode_dataset(
             f"Secondary Capture of modality {refs.modality} is not a skin photograph",
         )
 
+
+def _check_transfer_syntax_supported(ts: str) -> None:
+    """Returns None if ``ts`` is supported and its decoder installed; else raises :class:`_Fail`."""
     if ts not in SUPPORTED_TRANSFER_SYNTAXES:
         raise _Fail(REASON_UNSUPPORTED_TRANSFER_SYNTAX, f"transfer syntax '{_uid_name(ts)}' is not supported")
     if ts not in _NATIVE_SYNTAXES and not get_decoder(UID(ts)).is_available:
@@ -427,6 +454,9 @@ def _decode_dataset(
             f"no decoder for transfer syntax '{_uid_name(ts)}' is installed on this server",
         )
 
+
+def _check_single_frame(ds: pydicom.Dataset) -> None:
+    """Returns None if Number of Frames is 1 (or absent); else raises :class:`_Fail`."""
     frames = _int_attr(ds, "NumberOfFrames", 1)
     if frames is None or frames < 1:
         raise _Fail(REASON_INVALID, "Number of Frames is not a positive integer")
@@ -437,6 +467,9 @@ def _decode_dataset(
             "(send each frame as its own single-frame object)",
         )
 
+
+def _colour_photometric(ds: pydicom.Dataset, ts: str) -> str:
+    """The upper-case colour Photometric Interpretation (3 samples per pixel); else raises :class:`_Fail`."""
     photometric = _clean_text(ds.get("PhotometricInterpretation"), 16)
     photometric = photometric.upper() if photometric else ""
     samples = _int_attr(ds, "SamplesPerPixel")
@@ -453,7 +486,11 @@ def _decode_dataset(
         raise _Fail(REASON_INVALID, f"photometric interpretation {photometric} is only valid with JPEG 2000")
     if samples != 3:
         raise _Fail(REASON_INVALID, f"{photometric} needs 3 samples per pixel, the header says {samples}")
+    return photometric
 
+
+def _bits_stored(ds: pydicom.Dataset) -> int:
+    """Bits Stored of unsigned 8- or 16-bit pixel data; else raises :class:`_Fail`."""
     bits_allocated = _int_attr(ds, "BitsAllocated")
     bits_stored = _int_attr(ds, "BitsStored", bits_allocated)
     representation = _int_attr(ds, "PixelRepresentation", 0)
@@ -462,30 +499,39 @@ def _decode_dataset(
                     f"Bits Allocated {bits_allocated} / Bits Stored {bits_stored} is not supported (8 or 16)")
     if representation != 0:
         raise _Fail(REASON_UNSUPPORTED_PIXEL_FORMAT, "signed colour pixel data is not supported")
+    return bits_stored
 
+
+def _rows_columns(ds: pydicom.Dataset) -> tuple[int, int]:
+    """(Rows, Columns), both positive; else raises :class:`_Fail`."""
     rows, cols = _int_attr(ds, "Rows"), _int_attr(ds, "Columns")
     if not rows or not cols or rows < 1 or cols < 1:
         raise _Fail(REASON_INVALID, "Rows/Columns are missing or not positive")
-    _check_geometry(cols, rows, max_pixels, spec)
+    return rows, cols
 
-    if ts in _PILLOW_JPEG_SYNTAXES and bits_stored == 8 and photometric in ("YBR_FULL_422", "YBR_FULL"):
-        frame = _jpeg_frame(ds, rows, cols)
-        if frame is not None:
-            # The service's own JPEG path (Pillow + libjpeg-turbo, incl. its draft scaling when a
-            # spec is given): bit-identical to uploading the JPEG itself.
-            jpeg_spec = spec or PreprocessSpec(height=rows, width=cols, max_pixels=max_pixels,
-                                               min_side=1, max_aspect_ratio=float("inf"))
-            img = decode_image(frame, jpeg_spec)
-            arr = np.asarray(img, dtype=np.uint8)
-            return np.ascontiguousarray(arr), photometric, ts, "pillow-jpeg"
 
+def _pillow_jpeg_pixels(
+    frame: bytes, rows: int, cols: int, max_pixels: int, spec: PreprocessSpec | None
+) -> np.ndarray:
+    """The JPEG frame decoded by the service's own JPEG path, as C-contiguous ``uint8`` RGB."""
+    # The service's own JPEG path (Pillow + libjpeg-turbo, incl. its draft scaling when a
+    # spec is given): bit-identical to uploading the JPEG itself.
+    jpeg_spec = spec or PreprocessSpec(height=rows, width=cols, max_pixels=max_pixels,
+                                       min_side=1, max_aspect_ratio=float("inf"))
+    img = decode_image(frame, jpeg_spec)
+    arr = np.asarray(img, dtype=np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def _pydicom_rgb_pixels(ds: pydicom.Dataset, ts: str, rows: int, cols: int, bits_stored: int) -> np.ndarray:
+    """pydicom's RGB pixels checked against Rows x Columns x 3, scaled to C-contiguous ``uint8``."""
     arr = _pydicom_pixels(ds, ts)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[:2] != (rows, cols):
         raise _Fail(REASON_INVALID, f"decoded pixel data has shape {arr.shape}, the header says {rows}x{cols}x3")
     if arr.dtype != np.uint8:
         peak = float(2 ** bits_stored - 1)
         arr = np.clip(np.rint(arr.astype(np.float64) * (255.0 / peak)), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr), photometric, ts, "pydicom"
+    return np.ascontiguousarray(arr)
 
 
 def _check_geometry(width: int, height: int, max_pixels: int, spec: PreprocessSpec | None) -> None:

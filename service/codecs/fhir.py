@@ -186,14 +186,8 @@ def build_fhir_bundle(
         FhirBuildError: no predictions, mismatched ``dicom_refs`` length, or images carrying
             different PatientIDs (one report is about one patient).
     """
-    if not predictions:
-        raise FhirBuildError("fhir_invalid_input", "no predictions to report")
-    refs_list = list(dicom_refs) if dicom_refs is not None else [None] * len(predictions)
-    if len(refs_list) != len(predictions):
-        raise FhirBuildError("fhir_invalid_input",
-                             f"{len(refs_list)} DICOM reference entries for {len(predictions)} predictions")
-    when = (issued or datetime.now(UTC)).astimezone(UTC)
-    instant = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    refs_list = _checked_refs(predictions, dicom_refs)
+    instant = _instant(issued)
     new_id = id_factory or (lambda: str(uuid.uuid4()))
     class_system = f"{canonical_base.rstrip('/')}/CodeSystem/ham10000-class"
     result_system = f"{canonical_base.rstrip('/')}/CodeSystem/dermserve-result"
@@ -210,52 +204,10 @@ def build_fhir_bundle(
                            class_system=class_system, result_system=result_system)
         observations.append((f"urn:uuid:{new_id()}", obs))
 
-    studies = _unique(u for u in (_get(r, "study_instance_uid") for r in refs_list) if u and _OID_RE.match(u))
-    referred = [int(p.get("index", i)) for i, p in enumerate(predictions) if p.get("referral_recommended")]
-    conclusion = (
-        f"Decision support, not a diagnosis. {len(predictions)} image(s) classified by {model_name} "
-        f"{model_version}; referral recommended for {len(referred)} of {len(predictions)}"
-        + (f" (image index {', '.join(map(str, referred))})" if referred else "")
-        + ". Preliminary: to be reviewed by a qualified clinician."
-    )
-    report: dict[str, Any] = {
-        "resourceType": "DiagnosticReport",
-        "status": "preliminary",
-        "code": {
-            "coding": [{"system": result_system, "code": "skin-lesion-ai-report",
-                        "display": "AI decision-support report on dermoscopic images"}],
-            "text": "AI decision-support report on dermoscopic skin-lesion images",
-        },
-        "issued": instant,
-        "result": [{"reference": url, "display": f"image {int(o['_index'])}"} for url, o in observations],
-        "conclusion": conclusion,
-    }
-    if subject is not None:
-        report["subject"] = subject
-    if studies:
-        report["imagingStudy"] = [_study_ref(uid) for uid in studies]
-
-    device: dict[str, Any] = {
-        "resourceType": "Device",
-        "deviceName": [{"name": model_name, "type": "model-name"}],
-        "version": [{"value": model_version}],
-        "type": {"text": "Dermoscopic image classifier (decision-support software, dermserve)"},
-        "note": [{"text": DISCLAIMER}],
-    }
-
-    entries = [{"fullUrl": report_url, "resource": _validated(DiagnosticReport, report)}]
-    for url, obs in observations:
-        obs.pop("_index")
-        entries.append({"fullUrl": url, "resource": _validated(Observation, obs)})
-    entries.append({"fullUrl": device_url, "resource": _validated(Device, device)})
-    bundle = Bundle.model_validate({
-        "resourceType": "Bundle",
-        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"},
-        "type": "collection",
-        "timestamp": instant,
-        "entry": entries,
-    })
-    return json.loads(bundle.model_dump_json())
+    report = _report(predictions, refs_list, observations, subject=subject, instant=instant,
+                     model_name=model_name, model_version=model_version, result_system=result_system)
+    device = _device(model_name, model_version)
+    return _bundle_json(report_url, report, observations, device_url, device, instant=instant, new_id=new_id)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,10 +267,134 @@ def _quantity(p: float) -> dict[str, Any]:
     return {"value": round(float(p), 6), "unit": "probability", "system": UCUM_SYSTEM, "code": "1"}
 
 
+def _checked_refs(predictions: Sequence[Mapping[str, Any]], dicom_refs: Sequence[Any | None] | None) -> list[Any]:
+    """The per-image DICOM references as a list as long as ``predictions``; else raises FhirBuildError."""
+    if not predictions:
+        raise FhirBuildError("fhir_invalid_input", "no predictions to report")
+    refs_list = list(dicom_refs) if dicom_refs is not None else [None] * len(predictions)
+    if len(refs_list) != len(predictions):
+        raise FhirBuildError("fhir_invalid_input",
+                             f"{len(refs_list)} DICOM reference entries for {len(predictions)} predictions")
+    return refs_list
+
+
+def _instant(issued: datetime | None) -> str:
+    """The report time (default now) as a FHIR instant in UTC with milliseconds and ``Z``."""
+    when = (issued or datetime.now(UTC)).astimezone(UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _conclusion(predictions: Sequence[Mapping[str, Any]], model_name: str, model_version: str) -> str:
+    """The DiagnosticReport's conclusion text (decision support, referral count and image indexes)."""
+    referred = [int(p.get("index", i)) for i, p in enumerate(predictions) if p.get("referral_recommended")]
+    return (
+        f"Decision support, not a diagnosis. {len(predictions)} image(s) classified by {model_name} "
+        f"{model_version}; referral recommended for {len(referred)} of {len(predictions)}"
+        + (f" (image index {', '.join(map(str, referred))})" if referred else "")
+        + ". Preliminary: to be reviewed by a qualified clinician."
+    )
+
+
+def _report(
+    predictions: Sequence[Mapping[str, Any]], refs_list: Sequence[Any],
+    observations: Sequence[tuple[str, dict[str, Any]]], *, subject: dict[str, Any] | None, instant: str,
+    model_name: str, model_version: str, result_system: str,
+) -> dict[str, Any]:
+    """The DiagnosticReport resource as plain (not yet validated) data."""
+    studies = _unique(u for u in (_get(r, "study_instance_uid") for r in refs_list) if u and _OID_RE.match(u))
+    conclusion = _conclusion(predictions, model_name, model_version)
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "status": "preliminary",
+        "code": {
+            "coding": [{"system": result_system, "code": "skin-lesion-ai-report",
+                        "display": "AI decision-support report on dermoscopic images"}],
+            "text": "AI decision-support report on dermoscopic skin-lesion images",
+        },
+        "issued": instant,
+        "result": [{"reference": url, "display": f"image {int(o['_index'])}"} for url, o in observations],
+        "conclusion": conclusion,
+    }
+    if subject is not None:
+        report["subject"] = subject
+    if studies:
+        report["imagingStudy"] = [_study_ref(uid) for uid in studies]
+    return report
+
+
+def _device(model_name: str, model_version: str) -> dict[str, Any]:
+    """The Device resource naming the model, as plain (not yet validated) data."""
+    return {
+        "resourceType": "Device",
+        "deviceName": [{"name": model_name, "type": "model-name"}],
+        "version": [{"value": model_version}],
+        "type": {"text": "Dermoscopic image classifier (decision-support software, dermserve)"},
+        "note": [{"text": DISCLAIMER}],
+    }
+
+
+def _bundle_json(
+    report_url: str, report: dict[str, Any], observations: Sequence[tuple[str, dict[str, Any]]],
+    device_url: str, device: dict[str, Any], *, instant: str, new_id: Callable[[], str],
+) -> dict[str, Any]:
+    """The validated ``collection`` Bundle (report, observations, device) as a JSON-able dict."""
+    entries = [{"fullUrl": report_url, "resource": _validated(DiagnosticReport, report)}]
+    for url, obs in observations:
+        obs.pop("_index")
+        entries.append({"fullUrl": url, "resource": _validated(Observation, obs)})
+    entries.append({"fullUrl": device_url, "resource": _validated(Device, device)})
+    bundle = Bundle.model_validate({
+        "resourceType": "Bundle",
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"},
+        "type": "collection",
+        "timestamp": instant,
+        "entry": entries,
+    })
+    return json.loads(bundle.model_dump_json())
+
+
 def _observation(
     pred: Mapping[str, Any], refs: Any, pos: int, *, subject: dict[str, Any] | None, instant: str,
     device_ref: dict[str, str], model_name: str, model_version: str, class_system: str, result_system: str,
 ) -> dict[str, Any]:
+    """One image's Observation as plain data, with an ``_index`` key to remove before validation."""
+    index, label, probabilities, malignant, referral = _parsed_prediction(pred, pos)
+    components = _components(pred, label, probabilities, malignant, referral, result_system)
+    value = _value_concept(pred, label, probabilities, class_system)
+
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "_index": index,  # removed before validation; used for the report's result display
+        "status": "preliminary",
+        "category": [{"coding": [{"system": OBSERVATION_CATEGORY_SYSTEM, "code": "imaging", "display": "Imaging"}]}],
+        "code": {
+            "coding": [{"system": result_system, "code": "skin-lesion-classification",
+                        "display": "Dermoscopic skin lesion classification (AI)"}],
+            "text": "Dermoscopic skin lesion classification (AI decision support)",
+        },
+        "issued": instant,
+        "valueCodeableConcept": value,
+        "note": [{"text": DISCLAIMER}],
+        "method": {
+            "coding": [{"system": result_system, "code": "cnn-classifier",
+                        "display": "Convolutional neural network classifier"}],
+            "text": f"Convolutional neural network {model_name} version {model_version}, "
+                    "temperature-calibrated softmax over the 7 HAM10000 classes",
+        },
+        "device": device_ref,
+        "component": components,
+    }
+    obs["identifier"] = _identifiers(pred, index)
+    if subject is not None and _get(refs, "patient_id"):
+        obs["subject"] = subject  # only where this image's own DICOM header named the patient
+    derived = _derived_from(refs)
+    if derived:
+        obs["derivedFrom"] = derived
+    return obs
+
+
+def _parsed_prediction(pred: Mapping[str, Any], pos: int) -> tuple[int, str, dict[str, float], float, bool]:
+    """(index, label, probabilities, malignant probability, referral flag); else raises FhirBuildError."""
     try:
         index = int(pred.get("index", pos))
         label = str(pred["label"])
@@ -329,18 +405,33 @@ def _observation(
         raise FhirBuildError("fhir_invalid_input", f"prediction {pos} lacks {exc}") from None
     if label not in probabilities:
         raise FhirBuildError("fhir_invalid_input", f"prediction {pos}: label {label!r} is not among its classes")
+    return index, label, probabilities, malignant, referral
 
+
+def _component(result_system: str, code: str, display: str, **value: Any) -> dict[str, Any]:
+    """One Observation component coded in dermserve's result system, with the given value[x]."""
+    return {"code": {"coding": [{"system": result_system, "code": code, "display": display}], "text": display},
+            **value}
+
+
+def _class_name(pred: Mapping[str, Any], label: str, code: str) -> str:
+    """The display name of a class: the prediction's ``label_name`` for its label, else the HAM10000 name."""
+    if code == label and pred.get("label_name"):
+        return str(pred["label_name"])
+    return HAM10000_NAMES.get(code, code)
+
+
+def _components(
+    pred: Mapping[str, Any], label: str, probabilities: Mapping[str, float], malignant: float, referral: bool,
+    result_system: str,
+) -> list[dict[str, Any]]:
+    """The Observation components: class and malignant probabilities, referral, reasons, OOD flag/score."""
     def comp(code: str, display: str, **value: Any) -> dict[str, Any]:
-        return {"code": {"coding": [{"system": result_system, "code": code, "display": display}], "text": display},
-                **value}
-
-    def class_name(code: str) -> str:
-        if code == label and pred.get("label_name"):
-            return str(pred["label_name"])
-        return HAM10000_NAMES.get(code, code)
+        return _component(result_system, code, display, **value)
 
     components = [
-        comp(f"probability-{code}", f"Calibrated probability: {class_name(code)} ({code})", valueQuantity=_quantity(p))
+        comp(f"probability-{code}", f"Calibrated probability: {_class_name(pred, label, code)} ({code})",
+             valueQuantity=_quantity(p))
         for code, p in probabilities.items()
     ]
     components.append(comp("malignant-probability", "Malignant probability (melanoma + basal cell carcinoma + "
@@ -361,42 +452,32 @@ def _observation(
     if pred.get("ood_score") is not None:
         components.append(comp("out-of-distribution-score", "Out-of-distribution score",
                                valueQuantity={"value": round(float(pred["ood_score"]), 6)}))
+    return components
 
+
+def _value_concept(
+    pred: Mapping[str, Any], label: str, probabilities: Mapping[str, float], class_system: str,
+) -> dict[str, Any]:
+    """The Observation's valueCodeableConcept: the top class (SNOMED CT where verified, HAM10000 code) and p."""
     top_p = float(pred.get("probability", probabilities[label]))
     value_codings = []
     snomed = SNOMED_BY_CLASS.get(label)
     if snomed is not None:
         value_codings.append({"system": SNOMED_SYSTEM, "code": snomed.code, "display": snomed.display})
     value_codings.append({"system": class_system, "code": label, "display": HAM10000_NAMES.get(label, label)})
+    return {"coding": value_codings, "text": f"{_class_name(pred, label, label)} (p = {top_p:.3f})"}
 
-    obs: dict[str, Any] = {
-        "resourceType": "Observation",
-        "_index": index,  # removed before validation; used for the report's result display
-        "status": "preliminary",
-        "category": [{"coding": [{"system": OBSERVATION_CATEGORY_SYSTEM, "code": "imaging", "display": "Imaging"}]}],
-        "code": {
-            "coding": [{"system": result_system, "code": "skin-lesion-classification",
-                        "display": "Dermoscopic skin lesion classification (AI)"}],
-            "text": "Dermoscopic skin lesion classification (AI decision support)",
-        },
-        "issued": instant,
-        "valueCodeableConcept": {"coding": value_codings, "text": f"{class_name(label)} (p = {top_p:.3f})"},
-        "note": [{"text": DISCLAIMER}],
-        "method": {
-            "coding": [{"system": result_system, "code": "cnn-classifier",
-                        "display": "Convolutional neural network classifier"}],
-            "text": f"Convolutional neural network {model_name} version {model_version}, "
-                    "temperature-calibrated softmax over the 7 HAM10000 classes",
-        },
-        "device": device_ref,
-        "component": components,
-    }
+
+def _identifiers(pred: Mapping[str, Any], index: int) -> list[dict[str, Any]]:
+    """The Observation's secondary identifiers: image position and, if given, the client's image id."""
     identifiers = [{"use": "secondary", "type": {"text": "image position in the request"}, "value": str(index)}]
     if pred.get("id"):
         identifiers.append({"use": "secondary", "type": {"text": "client image id"}, "value": str(pred["id"])})
-    obs["identifier"] = identifiers
-    if subject is not None and _get(refs, "patient_id"):
-        obs["subject"] = subject  # only where this image's own DICOM header named the patient
+    return identifiers
+
+
+def _derived_from(refs: Any) -> list[dict[str, Any]]:
+    """The derivedFrom references (imaging study, DICOM instance) whose UIDs are valid OIDs; may be empty."""
     derived = []
     study, series, sop = (_get(refs, k) for k in ("study_instance_uid", "series_instance_uid", "sop_instance_uid"))
     if study and _OID_RE.match(study):
@@ -404,9 +485,7 @@ def _observation(
     if sop and _OID_RE.match(sop):
         series_text = f" (series {series})" if series and _OID_RE.match(series) else ""
         derived.append({"type": "Media", "identifier": _uid_identifier(sop), "display": f"DICOM instance{series_text}"})
-    if derived:
-        obs["derivedFrom"] = derived
-    return obs
+    return derived
 
 
 def _validated(model: type, data: dict[str, Any]) -> dict[str, Any]:
