@@ -210,8 +210,6 @@ def check_parity(models, views, offset, detectors, model_dir: Path, data_dir: Pa
         ExportError: probabilities differ by > 0.01, top-1 agreement < 99.5 %, OOD scores differ by more
             than :data:`MAX_OOD_REL_DIFF` (relative), or no test images.
     """
-    import onnxruntime as ort
-
     from export.errors import ExportError
     from export.parity import MAX_ABS_DIFF, MIN_TOP1_AGREEMENT
     from service.preprocessing import preprocess_bytes
@@ -225,10 +223,10 @@ def check_parity(models, views, offset, detectors, model_dir: Path, data_dir: Pa
     images = np.stack([preprocess_bytes((Path(data_dir) / r["filename"]).read_bytes(), runtime.spec) for r in rows])
     p_keras, ood_keras = keras_reference(models, views, offset, detectors, images,
                                          runtime.manifest.calibration.temperature)
-    p_onnx = np.concatenate([runtime.predict_proba(images[i:i + 32]) for i in range(0, len(images), 32)])
-    sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    ood_onnx = np.concatenate([sess.run([OOD_OUTPUT], {INPUT_NAME: images[i:i + 32]})[0]
-                               for i in range(0, len(images), 32)])
+    # the service's own call: probabilities and the manifest's extra output (ood_score) in one graph run
+    outs = [runtime.predict(images[i:i + 32]) for i in range(0, len(images), 32)]
+    p_onnx = np.concatenate([o.probabilities for o in outs])
+    ood_onnx = np.concatenate([o.extras[OOD_OUTPUT] for o in outs])
     max_diff = float(np.abs(p_keras - p_onnx).max())
     agree = float((p_keras.argmax(1) == p_onnx.argmax(1)).mean())
     ood_rel = float((np.abs(ood_keras - ood_onnx) / np.maximum(1.0, np.abs(ood_keras))).max())

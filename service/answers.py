@@ -149,6 +149,14 @@ class AnswerShaper:
         score = float(output.extras[self.ood.output])
         return score, bool(score > self.ood.threshold)
 
+    def guard_outputs(self, output: ModelOutput, n: int) -> tuple[list[float | None], list[bool], float] | None:
+        """``(ood_scores, out_of_distribution flags, threshold)`` of a batch of ``n`` images for the V2 codec;
+        None for a model without a guard."""
+        if self.ood is None:
+            return None
+        flags = [self.ood_flag(output.image(i)) for i in range(n)]
+        return [s for s, _ in flags], [f for _, f in flags], self.ood.threshold
+
     def check_in_distribution(self, images: Sequence[DecodedImage], output: ModelOutput) -> None:
         """Under the ``reject`` policy, refuse the request if the guard flags any of its images.
 

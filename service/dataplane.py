@@ -168,9 +168,5 @@ class DataPlane:
         images, output = await self._run(inputs.encoded, inputs)
         self.answers.check_in_distribution(images, output)
         m = self.manifest
-        guard = None
-        if m.ood is not None:
-            flags = [self.answers.ood_flag(output.image(i)) for i in range(len(images))]
-            guard = ([s for s, _ in flags], [f for _, f in flags], m.ood.threshold)
         return v2.encode_response(output.probabilities, m.class_codes, m.name, m.version, request.id, want_binary,
-                                  guard, row_uids=[im.uids() for im in images])
+                                  self.answers.guard_outputs(output, len(images)), row_uids=[im.uids() for im in images])

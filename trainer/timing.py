@@ -54,8 +54,7 @@ def main(steps: int = 20, out: Path = Path("trainer/results/timing.json")) -> di
     old = make_dataset(train, 32, True, True, 0).map(lambda a, b: (a, tf.one_hot(b, 7))).repeat()
     new = train_dataset(train, 32, 0, True, 7).repeat()
     for name, ds in (("old", old), ("new", new)):
-        it = iter(ds)
-        res[f"pipeline_{name}_only"] = _per_step(lambda: next(it), steps)
+        res[f"pipeline_{name}_only"] = _per_step(iter(ds).__next__, steps)
     for name, ds in (("old", old), ("new", new)):
         model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # warm-up / trace
         t = time.perf_counter()
