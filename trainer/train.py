@@ -86,12 +86,14 @@ class BalancedAccuracyCheckpoint:
 
 
 def freeze_backbone_prefix(backbone, n_blocks: int) -> int:
-    """Freeze Keras MobileNetV2's stem and inverted-residual blocks ``0 .. n_blocks-1``.
+    """Freeze the stem and the inverted-residual (MBConv) blocks ``0 .. n_blocks-1`` of Keras'
+    MobileNetV2 or of :func:`trainer.efficientnet_lite.build_backbone` (both have 17 / 16 such blocks).
 
-    Layers are frozen in graph order up to the first layer of block ``n_blocks``
-    (``block_{n}_expand``; block 0 is Keras' ``expanded_conv``). Frozen BatchNorm layers run in
-    inference mode. Gradients then stop above the frozen prefix, which on CPU skips the costly
-    high-resolution depthwise backward passes (see ``TrainConfig.freeze_blocks`` for timings).
+    Layers are frozen in graph order up to the first layer of block ``n_blocks`` (MobileNetV2:
+    ``block_{n}_expand``, block 0 being Keras' ``expanded_conv``; EfficientNet-Lite0:
+    ``block{n}_expand_conv``). Frozen BatchNorm layers run in inference mode. Gradients then stop
+    above the frozen prefix, which on CPU skips the costly high-resolution depthwise backward passes
+    (see ``TrainConfig.freeze_blocks`` for timings).
 
     Returns:
         The number of layers frozen (0 when ``n_blocks`` is 0).
@@ -103,10 +105,11 @@ def freeze_backbone_prefix(backbone, n_blocks: int) -> int:
         return 0
     if not 1 <= n_blocks <= 16:
         raise ValueError(f"n_blocks must be in 0..16, got {n_blocks}")
-    stop = f"block_{n_blocks}_expand"
     names = [layer.name for layer in backbone.layers]
-    if stop not in names:
-        raise ValueError(f"backbone has no layer {stop!r}; is it Keras' MobileNetV2?")
+    candidates = (f"block_{n_blocks}_expand", f"block{n_blocks}_expand_conv")
+    stop = next((c for c in candidates if c in names), None)
+    if stop is None:
+        raise ValueError(f"backbone has none of the layers {candidates}; is it MobileNetV2 or EfficientNet-Lite0?")
     frozen = 0
     for layer in backbone.layers:
         if layer.name == stop:
