@@ -1,17 +1,22 @@
 """Assemble the cross-validated ensemble from committed members and choose everything on out-of-fold data.
 
-``python -m trainer.ensemble [--members trainer/results/cv] [--out trainer/results/ensemble]``
+``python -m trainer.ensemble [--members trainer/results/cv [--members trainer/results/cv_lite0]]
+[--out trainer/results/ensemble]``
 
 Reads each member's ``member.json`` / ``oof.npz`` / ``test.npz`` / ``weights.npz`` (see :mod:`trainer.cv`)
-and writes ``choices.json`` (what the exporter builds), ``ood_member<i>.npz`` (detector parameters, not
+of one or more **families** (complete k-fold member sets, :mod:`trainer.families`) and writes ``choices.json`` (what the exporter builds), ``ood_member<i>.npz`` (detector parameters, not
 committed: rebuilt from members + data), ``report.json`` and ``REPORT.md``.
 
 Choices, each made on the **out-of-fold** (OOF) predictions of the train + val pool, by rules fixed
 before any test figure was looked at (the test split is scored once, at the end, for the report):
 
+0. **Family weights** (more than one family): the served logits are ``sum_f w_f * mean(members of f)``;
+   ``w`` on a 0.25 simplex grid minimising the OOF negative log-likelihood (temperature refitted) of
+   the identity-view logits ``sum_f w_f * OOF_f`` -- an honest OOF ensemble, as every family holds each
+   pool image out once. A family with weight 0 is left out of the served graph.
 1. **TTA views**: the subset of the dihedral views (1, 2, 4 or 8; :data:`VIEW_SETS`) with the highest OOF
-   balanced accuracy among those whose cost ``members x views`` stays within :data:`MAX_FORWARD_PASSES`
-   (the single-image latency budget: one image = members x views forward passes).
+   balanced accuracy among those whose cost ``views x sum of the kept members' multiply-accumulates``
+   stays within :data:`MAX_GMACS_PER_IMAGE` (the single-image latency budget).
 2. **Logit adjustment** ``logits - tau * log(prior)`` (Menon et al., "Long-tail learning via logit
    adjustment", ICLR 2021; prior = class frequencies of the pool): tau on a 0.05 grid maximising OOF
    balanced accuracy subject to OOF accuracy >= :data:`MIN_OOF_ACCURACY`.
@@ -21,22 +26,23 @@ before any test figure was looked at (the test split is scored once, at the end,
 5. **Out-of-distribution guard** (:mod:`trainer.ood`): per member, fitted on that member's training folds,
    thresholded at 95 % of its held-out fold.
 
-An ensemble of fold models cannot be scored on OOF data (each pool image has exactly one member that did
-not train on it), so OOF figures are single-member figures; the ensemble rows of the ablation are test
-figures, reported and never used for a choice.
+An ensemble of one family's fold models cannot be scored on OOF data (each pool image has exactly one
+member of the family that did not train on it), so OOF figures are one member per family; the
+within-family ensemble rows of the ablation are test figures, reported and never used for a choice.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from trainer.cv import MEMBERS_DIR, VIEWS, MemberConfig, load_member
 from trainer.data import CLASS_CODES, read_labels
+from trainer.families import Members, load_families, member_macs
 from trainer.metrics import (
     bootstrap_ci,
     calibrated_probabilities,
@@ -52,8 +58,13 @@ from trainer.metrics import (
 #: Candidate TTA view sets, as indices into :data:`trainer.cv.VIEWS`: identity; + left-right flip;
 #: the four flips (identity, rot180, flip-lr, flip-ud: no transposition); all eight.
 VIEW_SETS: dict[int, tuple[int, ...]] = {1: (0,), 2: (0, 4), 4: (0, 2, 4, 6), 8: tuple(range(8))}
-#: Budget of forward passes per served image (members x views); see README "trade-off".
-MAX_FORWARD_PASSES = 16
+#: Budget of model work per served image, in multiply-accumulates (10^9) summed over members x views
+#: (:func:`trainer.families.count_macs`). Measured: 2.0.0 (4 MobileNetV2 alpha 0.5 members x 4 views at
+#: 160 px = 0.78 GMAC) answered one image over HTTP with p50 17.3 ms at concurrency 1; the issue's budget
+#: is p50 <= 60 ms, so 2.4 GMAC leaves ~10 ms for noise (checked again by ``python -m benchmarks``).
+MAX_GMACS_PER_IMAGE = 2.4
+#: Step of the family-weight grid (rule 0).
+FAMILY_WEIGHT_STEP = 0.25
 #: Logit adjustment keeps OOF accuracy at or above this (the issue's 0.78 floor plus one point of margin).
 MIN_OOF_ACCURACY = 0.79
 #: The low-confidence referral reason is kept only if it adds this much OOF specificity at equal sensitivity.
@@ -64,62 +75,6 @@ TARGET_SENSITIVITY = 0.90
 OPERATING_POINTS: tuple[float, ...] = (0.80, 0.85, 0.90, 0.95, 0.97, 0.99)
 #: Where the analysis is written.
 ENSEMBLE_DIR = MEMBERS_DIR.parent / "ensemble"
-
-
-@dataclass
-class Members:
-    """The committed members and their predictions.
-
-    Attributes:
-        dirs: member folders, ordered by fold.
-        configs: each member's :class:`MemberConfig`.
-        oof_logits: ``float32 (8, N_pool, K)``: every pool image scored by the member that held it out.
-        oof_labels: ``int64 (N_pool,)``.
-        oof_fold: ``int64 (N_pool,)``: which member scored the row.
-        oof_ids: image ids of the OOF rows.
-        test_logits: ``float32 (M, 8, N_test, K)``.
-        test_labels: ``int64 (N_test,)``.
-        test_ids: image ids of the test rows.
-    """
-
-    dirs: list[Path]
-    configs: list[MemberConfig]
-    oof_logits: np.ndarray
-    oof_labels: np.ndarray
-    oof_fold: np.ndarray
-    oof_ids: list[str]
-    test_logits: np.ndarray
-    test_labels: np.ndarray
-    test_ids: list[str]
-
-
-def load_members(root: Path = MEMBERS_DIR) -> Members:
-    """Read every ``root/fold*/`` with a ``member.json``.
-
-    Raises:
-        FileNotFoundError: no member under ``root``.
-        ValueError: members disagree on the test images.
-    """
-    dirs = sorted(p.parent for p in Path(root).glob("fold*/member.json"))
-    if not dirs:
-        raise FileNotFoundError(f"no members (fold*/member.json) under {root}")
-    configs, oof, test = [], [], []
-    for d in dirs:
-        info = json.loads((d / "member.json").read_text())
-        configs.append(MemberConfig(**info["config"]))
-        oof.append(dict(np.load(d / "oof.npz")))
-        test.append(dict(np.load(d / "test.npz")))
-    if any(list(t["image_ids"]) != list(test[0]["image_ids"]) for t in test):
-        raise ValueError("members were scored on different test images")
-    return Members(
-        dirs=dirs, configs=configs,
-        oof_logits=np.concatenate([o["logits"] for o in oof], axis=1),
-        oof_labels=np.concatenate([o["labels"] for o in oof]),
-        oof_fold=np.concatenate([np.full(len(o["labels"]), c.fold) for o, c in zip(oof, configs)]),
-        oof_ids=[str(i) for o in oof for i in o["image_ids"]],
-        test_logits=np.stack([t["logits"] for t in test]),
-        test_labels=test[0]["labels"], test_ids=[str(i) for i in test[0]["image_ids"]],
-    )
 
 
 def balanced_accuracy(y: np.ndarray, logits: np.ndarray) -> float:
@@ -134,11 +89,40 @@ def adjust(logits: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
     return (logits - tau * np.log(prior)).astype(np.float32)
 
 
-def choose_views(members: Members) -> tuple[int, dict]:
-    """Rule 1 of the module docstring. Returns (number of views, OOF balanced accuracy per view set)."""
-    scores = {v: balanced_accuracy(members.oof_labels, members.oof_logits[list(idx)].mean(0))
-              for v, idx in VIEW_SETS.items()}
-    allowed = [v for v in VIEW_SETS if v * len(members.dirs) <= MAX_FORWARD_PASSES] or [1]
+def weight_grid(n_families: int, step: float = FAMILY_WEIGHT_STEP) -> list[tuple[float, ...]]:
+    """Every weight vector on the probability simplex with entries in multiples of ``step``."""
+    n = round(1 / step)
+    return [tuple(k * step for k in c) for c in itertools.product(range(n + 1), repeat=n_families) if sum(c) == n]
+
+
+def choose_family_weights(y: np.ndarray, fams: list[Members]) -> tuple[tuple[float, ...], list[dict]]:
+    """Rule 0 of the module docstring. Returns (weight per family, the grid with OOF NLL and balanced
+    accuracy). Ties go to the vector with more zero weights (fewer models to serve)."""
+    from scipy.special import log_softmax
+
+    grid = []
+    for w in weight_grid(len(fams)):
+        lg = sum(wf * f.oof_logits[0] for wf, f in zip(w, fams))
+        t = fit_temperature(lg, y)
+        nll = float(-log_softmax(lg / t, axis=1)[np.arange(len(y)), y].mean())
+        grid.append({"weights": list(w), "nll": nll, "balanced_accuracy": balanced_accuracy(y, lg)})
+    best = min(grid, key=lambda g: (round(g["nll"], 4), -sum(x == 0 for x in g["weights"])))
+    return tuple(best["weights"]), grid
+
+
+def choose_views(y: np.ndarray, oof_logits: np.ndarray, gmacs_per_view: float) -> tuple[int, dict]:
+    """Rule 1 of the module docstring.
+
+    Args:
+        y: OOF labels ``int (N,)``.
+        oof_logits: ``float32 (8, N, K)`` OOF logits of every view (families already weighted).
+        gmacs_per_view: multiply-accumulates (10^9) of one view through every served member.
+
+    Returns:
+        (number of views, OOF balanced accuracy per view set).
+    """
+    scores = {v: balanced_accuracy(y, oof_logits[list(idx)].mean(0)) for v, idx in VIEW_SETS.items()}
+    allowed = [v for v in VIEW_SETS if v * gmacs_per_view <= MAX_GMACS_PER_IMAGE] or [1]
     best = max(allowed, key=lambda v: (round(scores[v], 4), -v))
     return best, scores
 
@@ -195,9 +179,10 @@ def summary_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
                                   "malignant_vs_benign_roc_auc", "ece_15")}
 
 
-def ensemble_logits(test_logits: np.ndarray, views: tuple[int, ...]) -> np.ndarray:
-    """Mean over members and ``views`` of ``float32 (M, 8, N, K)`` logits: ``(N, K)``."""
-    return test_logits[:, list(views)].mean(axis=(0, 1))
+def ensemble_logits(test_logits: np.ndarray, views: tuple[int, ...], member_weights: np.ndarray) -> np.ndarray:
+    """Weighted sum over members of each member's mean over ``views``: ``float32 (M, 8, N, K)`` logits and
+    ``(M,)`` weights summing to 1 -> ``(N, K)``."""
+    return np.tensordot(member_weights, test_logits[:, list(views)].mean(axis=1), axes=1)
 
 
 def test_confidence_intervals(y: np.ndarray, probs: np.ndarray, lesions: np.ndarray, referral_threshold: float,
@@ -239,27 +224,35 @@ def member_features(model, images: np.ndarray, batch_size: int = 64) -> np.ndarr
     return np.asarray(extractor.predict(images.astype(np.float32), batch_size=batch_size, verbose=0), np.float32)
 
 
-def fit_ood(members: Members, out: Path) -> dict:
-    """Fit and calibrate each member's Mahalanobis detector (:mod:`trainer.ood`); score test and the OOD set.
+def fit_ood(dirs: list[Path], configs: list[MemberConfig], indices: list[int], test_logit_mean: np.ndarray,
+            out: Path) -> dict:
+    """Fit and calibrate the Mahalanobis detector (:mod:`trainer.ood`) of each member in ``dirs``; score
+    test and the OOD set.
 
-    Writes ``out/ood_member<i>.npz`` (``chol``, ``means_proj``, ``threshold``). Returns OOD figures:
+    Args:
+        dirs, configs: the guarding members.
+        indices: their positions among the served members (``choices.json`` ``members``).
+        test_logit_mean: ``float32 (N_test, K)`` identity-view ensemble logits (for the energy and
+            maximum-softmax comparisons).
+        out: where ``ood_member<index>.npz`` (``chol``, ``means_proj``, ``threshold``) are written.
+
+    Returns OOD figures:
     AUROC of the ensemble score (OOD set vs test dermoscopic images), share of each flagged at the
     threshold, and the same for the energy score and the maximum softmax probability for comparison.
     """
     from sklearn.metrics import roc_auc_score
 
+    from service.preprocessing import PreprocessSpec
     from trainer.cv import fold_splits
     from trainer.ood import MahalanobisDetector, energy_score, ensemble_ood_score
     from trainer.oodset import build_ood_set, decode_all
 
-    cfg0 = members.configs[0]
-    from service.preprocessing import PreprocessSpec
-
+    cfg0 = configs[0]
     ood_set = build_ood_set()
     ood_images = decode_all(ood_set, PreprocessSpec(height=cfg0.image_size, width=cfg0.image_size,
                                                     resize_method=cfg0.resize_method))
     detectors, test_feats, ood_feats, ood_logits = [], [], [], []
-    for i, (d, cfg) in enumerate(zip(members.dirs, members.configs)):
+    for i, d, cfg in zip(indices, dirs, configs):
         model = load_member(d)
         train, held, test = fold_splits(cfg)
         det = MahalanobisDetector.fit(member_features(model, train.images), train.labels, len(CLASS_CODES))
@@ -269,15 +262,15 @@ def fit_ood(members: Members, out: Path) -> dict:
         test_feats.append(member_features(model, test.images))
         ood_feats.append(member_features(model, ood_images))
         ood_logits.append(np.asarray(model.predict(ood_images.astype(np.float32), verbose=0)))
-        print(f"OOD detector of {d.name}: threshold {det.threshold:.1f}", flush=True)
+        print(f"OOD detector of {d.parent.name}/{d.name}: threshold {det.threshold:.1f}", flush=True)
     s_test = ensemble_ood_score(detectors, test_feats)
     s_ood = ensemble_ood_score(detectors, ood_feats)
     y = np.r_[np.zeros(len(s_test)), np.ones(len(s_ood))]
-    test_logit_mean = members.test_logits[:, 0].mean(0)
     ood_logit_mean = np.mean(ood_logits, axis=0)
     msp = lambda lg: -calibrated_probabilities(lg, 1.0).max(1)
     return {
         "method": "mahalanobis_penultimate_mean_ratio",
+        "members": [_portable(d) for d in dirs],
         "threshold": 1.0,
         "n_ood_images": len(ood_set), "n_test_images": len(s_test),
         "auroc": float(roc_auc_score(y, np.r_[s_test, s_ood])),
@@ -309,73 +302,110 @@ def resolve_member(path: str) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
-def analyse(members_dir: Path = MEMBERS_DIR, out: Path = ENSEMBLE_DIR, target_sensitivity: float = TARGET_SENSITIVITY,
-            with_ood: bool = True, n_resamples: int = 1000) -> dict:
-    """Make every choice on OOF data, then score the test split once; write choices.json and the report."""
+def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_DIR,
+            target_sensitivity: float = TARGET_SENSITIVITY, with_ood: bool = True, n_resamples: int = 1000) -> dict:
+    """Make every choice on OOF data, then score the test split once; write choices.json and the report.
+
+    Args:
+        members_dirs: one family folder or several (:mod:`trainer.families`).
+    """
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    m = load_members(members_dir)
-    y = m.oof_labels
+    roots = [Path(members_dirs)] if isinstance(members_dirs, (str, Path)) else [Path(p) for p in members_dirs]
+    fams = load_families(roots)
+    y = fams[0].oof_labels
     prior = np.bincount(y, minlength=len(CLASS_CODES)) / len(y)
 
-    n_views, view_scores = choose_views(m)
+    fam_w, weight_grid_scores = choose_family_weights(y, fams) if len(fams) > 1 else ((1.0,), [])
+    served = [(f, w) for f, w in zip(fams, fam_w) if w > 0]
+    dirs = [d for f, _ in served for d in f.dirs]
+    configs = [c for f, _ in served for c in f.configs]
+    member_w = np.array([w / len(f.dirs) for f, w in served for _ in f.dirs])
+    macs = {f.name: member_macs(f.configs[0]) for f, _ in served}
+    gmacs_per_view = sum(len(f.dirs) * macs[f.name] for f, _ in served) / 1e9
+    oof_all = sum(w * f.oof_logits for f, w in served)  # (8, N, K)
+
+    n_views, view_scores = choose_views(y, oof_all, gmacs_per_view)
     views = VIEW_SETS[n_views]
-    oof_tta = m.oof_logits[list(views)].mean(0)
+    oof_tta = oof_all[list(views)].mean(0)
     tau, tau_grid = choose_tau(y, oof_tta, prior)
     oof_adj = adjust(oof_tta, prior, tau)
     temperature = fit_temperature(oof_adj, y)
     oof_probs = calibrated_probabilities(oof_adj, temperature)
     referral = referral_rule(y, oof_probs, target_sensitivity)
 
-    cv_table = []
-    for fold in sorted(set(m.oof_fold.tolist())):
-        rows = m.oof_fold == fold
-        cv_table.append({"fold": int(fold), "n_held_out": int(rows.sum()),
-                         "balanced_accuracy": balanced_accuracy(y[rows], m.oof_logits[0][rows]),
-                         "balanced_accuracy_tta": balanced_accuracy(y[rows], oof_tta[rows])})
-    b = np.array([r["balanced_accuracy"] for r in cv_table])
+    cv_families = {}
+    for f in fams:
+        rows_ = []
+        tta_f = f.oof_logits[list(views)].mean(0)
+        for fold in sorted(set(f.oof_fold.tolist())):
+            rows = f.oof_fold == fold
+            rows_.append({"fold": int(fold), "n_held_out": int(rows.sum()),
+                          "balanced_accuracy": balanced_accuracy(y[rows], f.oof_logits[0][rows]),
+                          "balanced_accuracy_tta": balanced_accuracy(y[rows], tta_f[rows])})
+        b = np.array([r["balanced_accuracy"] for r in rows_])
+        cv_families[f.name] = {"folds": rows_, "arch": f.configs[0].arch, "image_size": f.configs[0].image_size,
+                               "gmacs_per_pass": macs.get(f.name, member_macs(f.configs[0])) / 1e9,
+                               "balanced_accuracy_mean": float(b.mean()),
+                               "balanced_accuracy_sd": float(b.std(ddof=1)) if len(b) > 1 else 0.0}
 
     def oof_row(logits):
         return summary_metrics(y, calibrated_probabilities(logits, fit_temperature(logits, y)))
 
-    ablation_oof = {
-        "single model (identity view)": oof_row(m.oof_logits[0]),
-        f"+ TTA ({n_views} views)": oof_row(oof_tta),
-        f"+ logit adjustment (tau {tau})": oof_row(oof_adj),
-    }
+    ablation_oof = {f"single model of {f.name} (identity view)": oof_row(f.oof_logits[0]) for f in fams}
+    if len(fams) == 1:
+        ablation_oof = {"single model (identity view)": ablation_oof.popitem()[1]}
+    else:
+        ablation_oof["families weighted " + " / ".join(f"{w:g}" for w in fam_w) + " (identity view)"] = \
+            oof_row(oof_all[0])
+    ablation_oof[f"+ TTA ({n_views} views)"] = oof_row(oof_tta)
+    ablation_oof[f"+ logit adjustment (tau {tau})"] = oof_row(oof_adj)
 
-    yt = m.test_labels
-    lesion_of = {r["image_id"]: r["lesion_id"] for r in read_labels(Path(m.configs[0].data_dir))}
-    lesions = np.array([lesion_of[i] for i in m.test_ids])
-    members_single = [summary_metrics(yt, calibrated_probabilities(m.test_logits[i, 0], temperature))
-                      for i in range(len(m.dirs))]
-    ens = ensemble_logits(m.test_logits, (0,))
-    ens_tta = ensemble_logits(m.test_logits, views)
+    yt = fams[0].test_labels
+    lesion_of = {r["image_id"]: r["lesion_id"] for r in read_labels(Path(configs[0].data_dir))}
+    lesions = np.array([lesion_of[i] for i in fams[0].test_ids])
+    test_logits = np.concatenate([f.test_logits for f, _ in served])  # (M, 8, N, K)
+    members_single = [summary_metrics(yt, calibrated_probabilities(test_logits[i, 0], temperature))
+                      for i in range(len(dirs))]
+    ens = ensemble_logits(test_logits, (0,), member_w)
+    ens_tta = ensemble_logits(test_logits, views, member_w)
     final_probs = calibrated_probabilities(adjust(ens_tta, prior, tau), temperature)
     ablation_test = {
         "single member (identity view), mean over members": {
             k: float(np.mean([s[k] for s in members_single])) for k in members_single[0]},
-        f"ensemble of {len(m.dirs)} (identity view)": summary_metrics(yt, calibrated_probabilities(ens, temperature)),
+        f"ensemble of {len(dirs)} (identity view)": summary_metrics(yt, calibrated_probabilities(ens, temperature)),
         f"+ TTA ({n_views} views)": summary_metrics(yt, calibrated_probabilities(ens_tta, temperature)),
         f"+ logit adjustment (tau {tau}) = served": summary_metrics(yt, final_probs),
     }
-    ood = fit_ood(m, out) if with_ood else None
+    # the guard: the members of the highest-weight family (one 1280 x 1280 Cholesky factor per member
+    # is 6.5 MB, so guarding with every member of several families would break the model-size budget)
+    guard_family = max(served, key=lambda fw: fw[1])[0]
+    guard_idx = [i for i, d in enumerate(dirs) if d in guard_family.dirs]
+    ood = fit_ood([dirs[i] for i in guard_idx], [configs[i] for i in guard_idx], guard_idx, ens, out) \
+        if with_ood else None
     ood_flag = np.array(ood["test_scores"]) > 1.0 if ood else None
     choices = {
-        "members": [_portable(d) for d in m.dirs],
+        "members": [_portable(d) for d in dirs],
+        "member_weights": member_w.tolist(),
+        "families": [{"dir": _portable(f.root), "weight": w, "members": len(f.dirs)} for f, w in zip(fams, fam_w)],
         "views": [list(VIEWS[v]) for v in views], "view_indices": list(views),
+        "gmacs_per_image": gmacs_per_view * n_views,
         "prior": prior.tolist(), "tau": tau, "temperature": temperature,
-        "referral": referral, "ood": {k: v for k, v in (ood or {}).items() if k not in ("per_image", "test_scores")},
+        "referral": referral, "ood_members": guard_idx if ood else [],
+        "ood": {k: v for k, v in (ood or {}).items() if k not in ("per_image", "test_scores")},
     }
     test_final = classification_metrics(yt, final_probs, CLASS_CODES)
     mal = is_malignant(yt, CLASS_CODES)
     sens, spec = sensitivity_specificity(malignant_probability(final_probs, CLASS_CODES)
                                          >= referral["malignant_probability_threshold"], mal)
+    first_cv = cv_families[fams[0].name]
     report = {
         "choices": choices,
-        "cv": {"folds": cv_table, "balanced_accuracy_mean": float(b.mean()), "balanced_accuracy_sd": float(b.std(ddof=1)) if len(b) > 1 else 0.0},
-        "oof": {"n": len(y), "view_sets_balanced_accuracy": {str(k): v for k, v in view_scores.items()},
+        "cv": {"folds": first_cv["folds"], "balanced_accuracy_mean": first_cv["balanced_accuracy_mean"],
+               "balanced_accuracy_sd": first_cv["balanced_accuracy_sd"], "families": cv_families},
+        "oof": {"n": len(y), "family_weight_grid": weight_grid_scores,
+                "view_sets_balanced_accuracy": {str(k): v for k, v in view_scores.items()},
                 "tau_grid": tau_grid, "ablation": ablation_oof},
         "test": {"n": len(yt), "metrics": test_final, "referral": {"sensitivity": sens, "specificity": spec},
                  "ablation": ablation_test, "members": members_single,
@@ -383,8 +413,9 @@ def analyse(members_dir: Path = MEMBERS_DIR, out: Path = ENSEMBLE_DIR, target_se
                                                                    referral["malignant_probability_threshold"],
                                                                    ood_flag, n_resamples)},
         "ood": ood,
-        "training_wall_time_seconds": {d.name: json.loads((d / "member.json").read_text())["wall_time_seconds"]["total"]
-                                       for d in m.dirs},
+        "training_wall_time_seconds": {
+            f"{d.parent.name}/{d.name}": json.loads((d / "member.json").read_text())["wall_time_seconds"]["total"]
+            for f in fams for d in f.dirs},
         "analysis_seconds": round(time.perf_counter() - t0, 1),
     }
     report["training_wall_time_seconds"]["all_members"] = round(sum(report["training_wall_time_seconds"].values()), 1)
@@ -396,9 +427,10 @@ def analyse(members_dir: Path = MEMBERS_DIR, out: Path = ENSEMBLE_DIR, target_se
     return report
 
 
-def main(members: Path = MEMBERS_DIR, out: Path = ENSEMBLE_DIR, target_sensitivity: float = TARGET_SENSITIVITY,
-         no_ood: bool = False, resamples: int = 1000) -> None:
-    """Choose on OOF, score test once, write choices.json + report.json + REPORT.md."""
+def main(members: list[Path] = [MEMBERS_DIR], out: Path = ENSEMBLE_DIR,  # noqa: B006 (typer reads the default)
+         target_sensitivity: float = TARGET_SENSITIVITY, no_ood: bool = False, resamples: int = 1000) -> None:
+    """Choose on OOF, score test once, write choices.json + report.json + REPORT.md. ``--members`` may be
+    given once per family."""
     analyse(members, out, target_sensitivity, not no_ood, resamples)
 
 

@@ -22,17 +22,29 @@ def write_markdown(report: dict, path: Path) -> None:
     """Render the CV table, the OOF and test ablations, the test metrics with 95 % CIs, the referral
     rule and the OOD guard as Markdown."""
     ch, cv, oof, test = report["choices"], report["cv"], report["oof"], report["test"]
+    fams = cv.get("families") or {"members": cv}
+    weights = {Path(f["dir"]).name: f["weight"] for f in ch.get("families", [])}
     lines = ["# Cross-validated ensemble: report", "",
-             f"Members: {len(ch['members'])} (lesion-grouped {len(cv['folds'])}-fold CV over train + val). "
-             f"Chosen on out-of-fold data: TTA views {len(ch['view_indices'])}, logit adjustment tau {ch['tau']}, "
+             f"Members: {len(ch['members'])} from {len(fams)} famil{'y' if len(fams) == 1 else 'ies'} of lesion-grouped "
+             f"k-fold CV over train + val. Chosen on out-of-fold data: family weights "
+             f"{', '.join(f'{k} {v:g}' for k, v in weights.items()) or 'n/a'}, TTA views {len(ch['view_indices'])} "
+             f"({ch.get('gmacs_per_image', float('nan')):.2f} GMAC per image), logit adjustment tau {ch['tau']}, "
              f"temperature {ch['temperature']:.3f}, referral threshold "
-             f"{ch['referral']['malignant_probability_threshold']:.3f}.", "",
-             "## Cross-validation (held-out fold of each member)", "",
-             "| fold | held-out images | balanced accuracy | with TTA |", "|---:|---:|---:|---:|"]
-    lines += [f"| {r['fold']} | {r['n_held_out']} | {_f(r['balanced_accuracy'])} | {_f(r['balanced_accuracy_tta'])} |"
-              for r in cv["folds"]]
-    lines += ["", f"Mean ± sd: **{_f(cv['balanced_accuracy_mean'])} ± {_f(cv['balanced_accuracy_sd'])}**.", "",
-              f"## Ablation on out-of-fold predictions ({oof['n']} pool images; temperature refitted per row)", ""]
+             f"{ch['referral']['malignant_probability_threshold']:.3f}.", ""]
+    for name, fam in fams.items():
+        lines += [f"## Cross-validation of family `{name}` ({fam.get('arch', '')} {fam.get('image_size', '')} px; "
+                  f"held-out fold of each member)", "",
+                  "| fold | held-out images | balanced accuracy | with TTA |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['fold']} | {r['n_held_out']} | {_f(r['balanced_accuracy'])} | "
+                  f"{_f(r['balanced_accuracy_tta'])} |" for r in fam["folds"]]
+        lines += ["", f"Mean ± sd: **{_f(fam['balanced_accuracy_mean'])} ± {_f(fam['balanced_accuracy_sd'])}**.", ""]
+    if oof.get("family_weight_grid"):
+        lines += ["## Family weights (out-of-fold, identity view; chosen by the lowest NLL)", "",
+                  "| weights | NLL | balanced accuracy |", "|---|---:|---:|"]
+        lines += [f"| {' / '.join(f'{w:g}' for w in g['weights'])} | {g['nll']:.4f} | {_f(g['balanced_accuracy'])} |"
+                  for g in oof["family_weight_grid"]]
+        lines.append("")
+    lines += [f"## Ablation on out-of-fold predictions ({oof['n']} pool images; temperature refitted per row)", ""]
     lines += _table(oof["ablation"])
     lines += ["", "OOF balanced accuracy per TTA view set: " +
               ", ".join(f"{k} views {_f(v)}" for k, v in oof["view_sets_balanced_accuracy"].items()) + ".", "",
