@@ -322,7 +322,7 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
     dirs = [d for f, _ in served for d in f.dirs]
     configs = [c for f, _ in served for c in f.configs]
     member_w = np.array([w / len(f.dirs) for f, w in served for _ in f.dirs])
-    macs = {f.name: member_macs(f.configs[0]) for f, _ in served}
+    macs = {f.name: member_macs(f.configs[0]) for f in fams}
     gmacs_per_view = sum(len(f.dirs) * macs[f.name] for f, _ in served) / 1e9
     oof_all = sum(w * f.oof_logits for f, w in served)  # (8, N, K)
 
@@ -346,7 +346,7 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
                           "balanced_accuracy_tta": balanced_accuracy(y[rows], tta_f[rows])})
         b = np.array([r["balanced_accuracy"] for r in rows_])
         cv_families[f.name] = {"folds": rows_, "arch": f.configs[0].arch, "image_size": f.configs[0].image_size,
-                               "gmacs_per_pass": macs.get(f.name, member_macs(f.configs[0])) / 1e9,
+                               "gmacs_per_pass": macs[f.name] / 1e9,
                                "balanced_accuracy_mean": float(b.mean()),
                                "balanced_accuracy_sd": float(b.std(ddof=1)) if len(b) > 1 else 0.0}
 
