@@ -5,7 +5,8 @@ model directory has a 50 MB budget. Rounding the weights to float16 halves the f
 initializer is followed by a ``Cast`` back to float32 under the original name, so every operator
 still computes in float32 and onnxruntime folds the casts once, when the session is created
 (constant folding, graph optimisation level basic and above): no run-time cost. The rounding error
-(relative <= 2^-11 per weight) is measured end to end by the exporter's parity check, which compares
+(relative <= 2^-11 per weight of magnitude >= 6.1e-5; smaller weights become subnormal and lose
+relative precision, below ~3e-8 they become 0) is measured end to end by the exporter's parity check, which compares
 the float32 Keras ensemble with the file as served.
 
 Only weights of ``Conv`` nodes (input 1) are rounded: they are almost all of the bytes, while the

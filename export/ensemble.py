@@ -57,7 +57,7 @@ MAX_OOD_REL_DIFF_FLOAT16 = 2e-2
 OOD_DESCRIPTION = (
     "Mahalanobis distance of the image's penultimate features to the nearest class mean of the training "
     "images (Lee et al., NeurIPS 2018), divided by the distance that 95 % of held-out dermoscopic images stay "
-    "below, averaged over the ensemble members. Higher = less like the dermoscopic training images; above "
+    "below, averaged over the guarding ensemble members. Higher = less like the dermoscopic training images; above "
     "the threshold the image is flagged as not recognised as a dermoscopic image."
 )
 
@@ -173,7 +173,13 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
     views = [tuple(v) for v in choices["views"]]
     offset = (choices["tau"] * np.log(np.asarray(choices["prior"]))).astype(np.float32)
     weights = np.asarray(choices.get("member_weights", [1.0 / len(members)] * len(members)), np.float64)
+    if len(weights) != len(members) or abs(weights.sum() - 1.0) > 1e-6 or (weights <= 0).any():
+        raise ExportError(f"choices.json: {len(weights)} member weights for {len(members)} members "
+                          f"(sum {weights.sum():.6f}); they must be positive and sum to 1")
     detectors = _detectors(ensemble_dir, choices.get("ood_members", list(range(len(members)))))
+    if not detectors:
+        raise ExportError("choices.json names no guarding member (trainer.ensemble ran with --no-ood?); "
+                          "the served ensemble needs its out-of-distribution output")
     ref = choices["referral"]
     with staged_directory(output_dir, force) as tmp:
         outputs = convert(models, weights, views, offset, detectors, size, tmp / "model.onnx")
@@ -202,7 +208,7 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
                 operating_points=ref.get("operating_points", [])),
             ood=OutOfDistribution(output=OOD_OUTPUT, method="mahalanobis_penultimate_mean_ratio (Lee et al. 2018)",
                                   threshold=1.0, description=OOD_DESCRIPTION,
-                                  fitted_on="each member's training folds; threshold: 95 % of its held-out fold",
+                                  fitted_on="each guarding member's training folds; threshold: 95 % of its held-out fold",
                                   evaluation=ood_eval),
             ensemble={"members": len(members), "folds": member_cfgs[0]["folds"], "views": [list(v) for v in views],
                       "member_weights": weights.tolist(), "families": choices.get("families", []),
@@ -256,7 +262,10 @@ def check_parity(models, weights, views, offset, detectors, model_dir: Path, dat
     max_diff = float(np.abs(p_keras - p_onnx).max())
     agree = float((p_keras.argmax(1) == p_onnx.argmax(1)).mean())
     ood_rel = float((np.abs(ood_keras - ood_onnx) / np.maximum(1.0, np.abs(ood_keras))).max())
-    flag_agree = float(((ood_keras > 1.0) == (ood_onnx > 1.0)).mean())
+    # flags are compared outside the tolerance band around the threshold (a score within
+    # max_ood_rel_diff of 1.0 may legitimately land on either side)
+    clear = np.abs(ood_keras - 1.0) > max_ood_rel_diff * np.maximum(1.0, np.abs(ood_keras))
+    flag_agree = float(((ood_keras > 1.0) == (ood_onnx > 1.0))[clear].mean()) if clear.any() else 1.0
     result = {"images": len(rows), "max_abs_diff": max_diff, "top1_agreement": agree,
               "ood_max_rel_diff": ood_rel, "ood_flag_agreement": flag_agree,
               "thresholds": {"max_abs_diff": MAX_ABS_DIFF, "min_top1_agreement": MIN_TOP1_AGREEMENT,

@@ -100,10 +100,13 @@ def load_families(roots: list[Path]) -> list[Members]:
 
     Raises:
         FileNotFoundError: a family has no member.
-        ValueError: families differ in input size or resize method (one ONNX input serves them all), in
+        ValueError: two families share a folder name (reports key families by it), families differ in input size or resize method (one ONNX input serves them all), in
             the pool they hold out, or in the test images.
     """
     fams = [load_members(r) for r in roots]
+    names = [f.name for f in fams]
+    if len(set(names)) != len(names):
+        raise ValueError(f"family folder names must differ (reports key families by them): {names}")
     first = fams[0]
     for f in fams[1:]:
         a, b = first.configs[0], f.configs[0]
