@@ -122,12 +122,18 @@ SNOMED_BY_CLASS: dict[str, SnomedConcept | None] = {
     "nv": SnomedConcept("400096001", "Melanocytic nevus", "tx.fhir.org SNOMED CT browser (UK 2023-04-12)"),
     # bkl: NOT VERIFIED. Candidates seen only in third-party tables, contradicting each other:
     # 254708003, 65126008, 400010006 (that is melanocytic naevus of skin), 201160009, 400083001.
+    # Verified 2026-12-06 but too narrow for the class (seborrhoeic keratosis + solar lentigo +
+    # lichen-planus-like keratosis): 72100002 |Solar lentigo (disorder)| (SNOMED International browser
+    # export, Global Patient Set 2022) and 25499005 |Seborrheic keratosis| -- a *morphologic
+    # abnormality*, not a disorder (HL7 Europe eHDSI MorphologicAbnormality value set 8.1.0).
     "bkl": None,
     # df: NOT VERIFIED. Candidates: 254713009, 253008, 254788002, 254677009, 109836006, 72464004
     # (coding.health), 427186000 (VisualDx page); none confirmed by a SNOMED rendering.
     "df": None,
-    # vasc: NOT VERIFIED. Candidate 400210000 "Haemangioma of skin" (third-party tables only);
-    # HAM10000 vasc also holds angiokeratomas, pyogenic granulomas and haemorrhage.
+    # vasc: not coded. 400210000 is verified as |Hemangioma| (DICOM PS3.16 CID 6030/6031, "angioma" in
+    # CID 3810 Vascular Morphology; pydicom.sr._concepts_dict), but HAM10000's vasc class also holds
+    # angiokeratomas, pyogenic granulomas and haemorrhage (Tschandl et al. 2018), so coding every vasc
+    # answer as a haemangioma would put a wrong diagnosis into some records.
     "vasc": None,
 }
 
