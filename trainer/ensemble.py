@@ -1,11 +1,12 @@
 """Assemble the cross-validated ensemble from committed members and choose everything on out-of-fold data.
 
-``python -m trainer.ensemble [--members trainer/results/cv [--members trainer/results/cv_lite0]]
+``python -m trainer.ensemble [--members trainer/results/cv [--members trainer/results/cv_b]]
 [--out trainer/results/ensemble]``
 
 Reads each member's ``member.json`` / ``oof.npz`` / ``test.npz`` / ``weights.npz`` (see :mod:`trainer.cv`)
-of one or more **families** (complete k-fold member sets, :mod:`trainer.families`) and writes ``choices.json`` (what the exporter builds), ``ood_member<i>.npz`` (detector parameters, not
-committed: rebuilt from members + data), ``report.json`` and ``REPORT.md``.
+of one or more **families** (complete k-fold member sets, :mod:`trainer.families`) and writes
+``choices.json`` (what the exporter builds), ``ood_member<i>.npz`` (detector parameters, not committed:
+rebuilt from members + data), ``report.json`` and ``REPORT.md``.
 
 Choices, each made on the **out-of-fold** (OOF) predictions of the train + val pool, by rules fixed
 before any test figure was looked at (the test split is scored once, at the end, for the report):
@@ -308,6 +309,21 @@ def resolve_member(path: str) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
+def family_cv_table(fam: Members, y: np.ndarray, views: tuple[int, ...], macs: int) -> dict:
+    """Per-fold held-out balanced accuracy of one family (identity view and with ``views``), mean and sd."""
+    rows = []
+    tta = fam.oof_logits[list(views)].mean(0)
+    for fold in sorted(set(fam.oof_fold.tolist())):
+        held = fam.oof_fold == fold
+        rows.append({"fold": int(fold), "n_held_out": int(held.sum()),
+                     "balanced_accuracy": balanced_accuracy(y[held], fam.oof_logits[0][held]),
+                     "balanced_accuracy_tta": balanced_accuracy(y[held], tta[held])})
+    b = np.array([r["balanced_accuracy"] for r in rows])
+    return {"folds": rows, "arch": fam.configs[0].arch, "image_size": fam.configs[0].image_size,
+            "gmacs_per_pass": macs / 1e9, "balanced_accuracy_mean": float(b.mean()),
+            "balanced_accuracy_sd": float(b.std(ddof=1)) if len(b) > 1 else 0.0}
+
+
 def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_DIR,
             target_sensitivity: float = TARGET_SENSITIVITY, with_ood: bool = True, n_resamples: int = 1000) -> dict:
     """Make every choice on OOF data, then score the test split once; write choices.json and the report.
@@ -341,20 +357,7 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
     oof_probs = calibrated_probabilities(oof_adj, temperature)
     referral = referral_rule(y, oof_probs, target_sensitivity)
 
-    cv_families = {}
-    for f in fams:
-        rows_ = []
-        tta_f = f.oof_logits[list(views)].mean(0)
-        for fold in sorted(set(f.oof_fold.tolist())):
-            rows = f.oof_fold == fold
-            rows_.append({"fold": int(fold), "n_held_out": int(rows.sum()),
-                          "balanced_accuracy": balanced_accuracy(y[rows], f.oof_logits[0][rows]),
-                          "balanced_accuracy_tta": balanced_accuracy(y[rows], tta_f[rows])})
-        b = np.array([r["balanced_accuracy"] for r in rows_])
-        cv_families[f.name] = {"folds": rows_, "arch": f.configs[0].arch, "image_size": f.configs[0].image_size,
-                               "gmacs_per_pass": macs[f.name] / 1e9,
-                               "balanced_accuracy_mean": float(b.mean()),
-                               "balanced_accuracy_sd": float(b.std(ddof=1)) if len(b) > 1 else 0.0}
+    cv_families = {f.name: family_cv_table(f, y, views, macs[f.name]) for f in fams}
 
     def oof_row(logits):
         return summary_metrics(y, calibrated_probabilities(logits, fit_temperature(logits, y)))

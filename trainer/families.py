@@ -1,8 +1,8 @@
 """Committed cross-validation members, grouped in families, with their out-of-fold predictions aligned.
 
 A **family** is one complete lesion-grouped k-fold set of members of one recipe (architecture, input
-size, epochs), e.g. ``trainer/results/cv`` (4 MobileNetV2 alpha 0.5 folds) or ``trainer/results/cv_lite0``
-(3 EfficientNet-Lite0 folds). Every pool image is held out by exactly one member of each family, so the
+size, epochs), e.g. ``trainer/results/cv`` (4 MobileNetV2 alpha 0.5 folds, 14 epochs) or ``trainer/results/cv_b``
+(3 folds of another assignment, 8 epochs). Every pool image is held out by exactly one member of each family, so the
 families' out-of-fold (OOF) logits can be averaged image by image: that average is an honest OOF
 prediction of a cross-family ensemble (no model in it saw the image), which is what lets
 :mod:`trainer.ensemble` weigh families against each other on OOF data, never on the test split.
@@ -49,7 +49,7 @@ class Members:
 
     @property
     def name(self) -> str:
-        """The family's folder name (``cv``, ``cv_lite0``)."""
+        """The family's folder name (``cv``, ``cv_b``)."""
         return self.root.name
 
     def reorder(self, ids: list[str]) -> Members:
