@@ -67,11 +67,11 @@ def write_markdown(report: dict, path: Path) -> None:
     ood = report.get("ood")
     if ood:
         lines += ["", "## Out-of-distribution guard", "",
-                  f"{ood['method']}: AUROC {_f(ood['auroc'])} ({ood['n_ood_images']} non-dermoscopic images vs "
+                  (f"{ood['method']}: AUROC {_f(ood['auroc'])} ({ood['n_ood_images']} non-dermoscopic images vs "
                   f"{ood['n_test_images']} test images); flagged at the threshold: {_f(ood['ood_flagged_share'])} of the "
                   f"OOD set, {_f(ood['test_flagged_share'])} of the test split. For comparison, AUROC of the energy score "
                   f"{_f(ood['comparison_auroc']['energy'])}, of the maximum softmax probability "
-                  f"{_f(ood['comparison_auroc']['max_softmax_probability'])}.", "",
+                   f"{_f(ood['comparison_auroc']['max_softmax_probability'])}."), "",
                   "| image | category | score | flagged |", "|---|---|---:|---|"]
         lines += [f"| {p['name']} | {p['category']} | {p['ood_score']:.2f} | {'yes' if p['flagged'] else '**no**'} |"
                   for p in ood["per_image"]]
