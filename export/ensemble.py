@@ -210,7 +210,7 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
                                   threshold=1.0, description=OOD_DESCRIPTION,
                                   fitted_on="each guarding member's training folds; threshold: 95 % of its held-out fold",
                                   evaluation=ood_eval),
-            ensemble={"members": len(members), "folds": member_cfgs[0]["folds"], "views": [list(v) for v in views],
+            ensemble={"members": len(members), "views": [list(v) for v in views],
                       "member_weights": weights.tolist(), "families": choices.get("families", []),
                       "ood_members": sorted(detectors),
                       "logit_adjustment_tau": choices["tau"], "prior": choices["prior"],
@@ -219,7 +219,9 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
                      "confidence_intervals": report["test"]["confidence_intervals"],
                      "referral_test": report["test"]["referral"], "cv": report["cv"],
                      "training_wall_time_seconds": report["training_wall_time_seconds"]},
-            training={"recipe": "lesion-grouped k-fold members (trainer.cv)", "member": member_cfgs[0]},
+            training={"recipe": "lesion-grouped k-fold members (trainer.cv), one k-fold split per family",
+                      # the first member's config of each family (members of a family differ only in fold)
+                      "families": _family_configs(member_cfgs)},
         )
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         parity = check_parity(models, weights, views, offset, detectors, tmp, data_dir, parity_images,
@@ -231,6 +233,14 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
                 shutil.copy2(ensemble_dir / f, tmp / f)
     log.info("wrote %s (sha256 %s)", output_dir, manifest.sha256)
     return manifest
+
+
+def _family_configs(member_cfgs: list[dict]) -> dict[str, dict]:
+    """``{family folder: first member's config}``; a member's folder is ``<family>/fold<i>``."""
+    out: dict[str, dict] = {}
+    for cfg in member_cfgs:
+        out.setdefault(Path(str(cfg["output_dir"])).parent.name, cfg)
+    return out
 
 
 def check_parity(models, weights, views, offset, detectors, model_dir: Path, data_dir: Path, n_images: int,
