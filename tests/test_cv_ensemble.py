@@ -89,6 +89,39 @@ def test_threshold_for_sensitivity_and_bootstrap():
     assert ci["low"] < ci["estimate"] < ci["high"] and ci["resamples"] == 200
 
 
+def _family(name: str, n_members: int, logits: np.ndarray, y: np.ndarray):
+    from trainer.families import Members
+
+    return Members(root=Path(name), dirs=[Path(name) / f"fold{i}" for i in range(n_members)], configs=[],
+                   oof_logits=logits, oof_labels=y, oof_fold=np.arange(len(y)) % n_members,
+                   oof_ids=[str(i) for i in range(len(y))], test_logits=np.zeros((n_members, 8, 0, 3)),
+                   test_labels=np.zeros(0, int), test_ids=[])
+
+
+def test_weights_and_views_are_chosen_jointly_within_the_budget():
+    """Rule 0: the lowest OOF NLL among the (weights, views) pairs within the budget. Two families with
+    independent errors: mixing them beats either alone; a tighter budget costs views, then members."""
+    from trainer.ensemble import choose_weights_and_views
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    onehot = np.eye(3)[y]
+    # each image's error is mostly shared by its views (as for a real network), partly view-specific
+    good_err, weak_err = rng.normal(0, 1.5, (600, 3)), rng.normal(0, 1.5, (600, 3))
+    good = np.stack([2 * onehot + good_err + rng.normal(0, 1, (600, 3)) for _ in range(8)]).astype(np.float32)
+    weak = np.stack([1 * onehot + weak_err + rng.normal(0, 1, (600, 3)) for _ in range(8)]).astype(np.float32)
+    fams = [_family("costly", 4, good, y), _family("cheap", 1, weak, y)]
+    macs = {"costly": 100_000_000, "cheap": 100_000_000}  # 0.4 and 0.1 GMAC per view
+    w, views, grid = choose_weights_and_views(y, fams, macs, budget_gmacs=100.0)
+    assert len(grid) == 5 * 4 and (w, views) == ((0.75, 0.25), 8)
+    best = min(grid, key=lambda g: g["nll"])
+    assert (tuple(best["weights"]), best["views"]) == (w, views)
+    w, views, _ = choose_weights_and_views(y, fams, macs, budget_gmacs=3.2)  # 8 views of both: 4.0 GMAC
+    assert (w, views) == ((0.75, 0.25), 4)
+    w, views, _ = choose_weights_and_views(y, fams, macs, budget_gmacs=0.3)  # only the cheap family fits
+    assert (w, views) == ((0.0, 1.0), 2)
+
+
 def test_mahalanobis_detector_separates_far_points():
     from trainer.ood import MahalanobisDetector
 
@@ -177,11 +210,14 @@ def test_report_has_cv_table_ablation_and_intervals(tiny_ensemble: Path):
     assert all(f["folds"] == 2 for f in report["choices"]["families"])
     # one single-model row per family, the OOF cross-family ensemble, + TTA, + logit adjustment
     assert len(report["oof"]["ablation"]) == 5 and len(report["test"]["ablation"]) == 4
-    grid = report["oof"]["family_weight_grid"]
-    assert len(grid) == 5 and all(abs(sum(g["weights"]) - 1) < 1e-9 for g in grid)
+    grid = report["oof"]["weights_views_grid"]
+    assert len(grid) == 5 * 4 and all(abs(sum(g["weights"]) - 1) < 1e-9 for g in grid)
     choices = report["choices"]
-    chosen = next(g for g in grid if g["weights"] == [f["weight"] for f in choices["families"]])
-    assert chosen["nll"] <= min(g["nll"] for g in grid) + 1e-4
+    # the chosen (weights, views) is the lowest-NLL pair within the per-image budget
+    affordable = [g for g in grid if g["gmacs_per_image"] <= report["oof"]["budget_gmacs_per_image"]]
+    chosen = next(g for g in grid if g["weights"] == [f["weight"] for f in choices["families"]]
+                  and g["views"] == len(choices["view_indices"]))
+    assert chosen in affordable and chosen["nll"] <= min(g["nll"] for g in affordable) + 1e-4
     kept = [f for f in choices["families"] if f["weight"] > 0]
     assert len(choices["members"]) == sum(f["members"] for f in kept) == len(choices["member_weights"])
     assert abs(sum(choices["member_weights"]) - 1) < 1e-9

@@ -11,14 +11,17 @@ rebuilt from members + data), ``report.json`` and ``REPORT.md``.
 Choices, each made on the **out-of-fold** (OOF) predictions of the train + val pool, by rules fixed
 before any test figure was looked at (the test split is scored once, at the end, for the report):
 
-0. **Family weights** (more than one family): the served logits are ``sum_f w_f * mean(members of f)``;
-   ``w`` on a 0.25 simplex grid minimising the OOF negative log-likelihood (temperature refitted) of
-   the identity-view logits ``sum_f w_f * OOF_f`` -- an OOF ensemble, as every family holds each pool
-   image out once (slightly optimistic, like every OOF figure here: each member picked its best epoch on
-   its own held-out fold). A family with weight 0 is left out of the served graph.
-1. **TTA views**: the subset of the dihedral views (1, 2, 4 or 8; :data:`VIEW_SETS`) with the highest OOF
-   balanced accuracy among those whose cost ``views x sum of the kept members' multiply-accumulates``
-   stays within :data:`MAX_GMACS_PER_IMAGE` (the single-image latency budget).
+0. **Family weights and TTA views, jointly** (the members-vs-views trade-off): the served logits are
+   ``sum_f w_f * mean(members of f)``, each member averaged over a subset of the dihedral views (1, 2, 4
+   or 8; :data:`VIEW_SETS`). Every pair of ``w`` on a 0.25 simplex grid and view set whose cost
+   ``views x sum of the kept members' multiply-accumulates`` stays within :data:`MAX_GMACS_PER_IMAGE`
+   (the single-image latency budget) is scored by the OOF negative log-likelihood (temperature refitted)
+   of ``sum_f w_f * OOF_f`` averaged over the views; the lowest wins (ties: fewer models, then fewer
+   views). This is an OOF ensemble, as every family holds each pool image out once (slightly optimistic,
+   like every OOF figure here: each member picked its best epoch on its own held-out fold). A family with
+   weight 0 is left out of the served graph. (Until 2.1.0 the weights were chosen on the identity view
+   and the views afterwards by OOF balanced accuracy; one proper score now chooses both, so that more
+   members at fewer views and fewer members at more views compete on one scale.)
 2. **Logit adjustment** ``logits - tau * log(prior)`` (Menon et al., "Long-tail learning via logit
    adjustment", ICLR 2021; prior = class frequencies of the pool): tau on a 0.05 grid maximising OOF
    balanced accuracy subject to OOF accuracy >= :data:`MIN_OOF_ACCURACY`.
@@ -100,40 +103,39 @@ def weight_grid(n_families: int, step: float = FAMILY_WEIGHT_STEP) -> list[tuple
     return [tuple(k * step for k in c) for c in itertools.product(range(n + 1), repeat=n_families) if sum(c) == n]
 
 
-def choose_family_weights(y: np.ndarray, fams: list[Members]) -> tuple[tuple[float, ...], list[dict]]:
-    """Rule 0 of the module docstring. Returns (weight per family, the grid with OOF NLL and balanced
-    accuracy). Ties go to the vector with more zero weights (fewer models to serve)."""
+def choose_weights_and_views(y: np.ndarray, fams: list[Members], macs: dict[str, int],
+                             budget_gmacs: float = MAX_GMACS_PER_IMAGE) -> tuple[tuple[float, ...], int, list[dict]]:
+    """Rule 0 of the module docstring.
+
+    Args:
+        y: OOF labels ``int (N,)`` (the same images in every family, :func:`trainer.families.load_families`).
+        fams: the families; ``f.oof_logits`` is ``float32 (8, N, K)``.
+        macs: multiply-accumulates of one pass of one member, per family name.
+        budget_gmacs: the per-image budget (10^9 multiply-accumulates over members x views).
+
+    Returns:
+        (weight per family, number of views, the grid: one row per weight vector and view set with its
+        cost, OOF NLL and balanced accuracy). If nothing fits the budget, the one-view candidates are
+        scored instead (with a warning).
+    """
     from scipy.special import log_softmax
 
     grid = []
-    for w in weight_grid(len(fams)):
-        lg = sum(wf * f.oof_logits[0] for wf, f in zip(w, fams))
-        t = fit_temperature(lg, y)
-        nll = float(-log_softmax(lg / t, axis=1)[np.arange(len(y)), y].mean())
-        grid.append({"weights": list(w), "nll": nll, "balanced_accuracy": balanced_accuracy(y, lg)})
-    best = min(grid, key=lambda g: (round(g["nll"], 4), -sum(x == 0 for x in g["weights"])))
-    return tuple(best["weights"]), grid
-
-
-def choose_views(y: np.ndarray, oof_logits: np.ndarray, gmacs_per_view: float) -> tuple[int, dict]:
-    """Rule 1 of the module docstring.
-
-    Args:
-        y: OOF labels ``int (N,)``.
-        oof_logits: ``float32 (8, N, K)`` OOF logits of every view (families already weighted).
-        gmacs_per_view: multiply-accumulates (10^9) of one view through every served member.
-
-    Returns:
-        (number of views, OOF balanced accuracy per view set).
-    """
-    scores = {v: balanced_accuracy(y, oof_logits[list(idx)].mean(0)) for v, idx in VIEW_SETS.items()}
-    allowed = [v for v in VIEW_SETS if v * gmacs_per_view <= MAX_GMACS_PER_IMAGE]
-    if not allowed:
-        print(f"warning: even one view ({gmacs_per_view:.2f} GMAC) is over the {MAX_GMACS_PER_IMAGE} GMAC budget; "
-              "serving one view", flush=True)
-        allowed = [1]
-    best = max(allowed, key=lambda v: (round(scores[v], 4), -v))
-    return best, scores
+    for w in (weight_grid(len(fams)) if len(fams) > 1 else [(1.0,)]):
+        gmacs = sum(len(f.dirs) * macs[f.name] for wf, f in zip(w, fams) if wf > 0) / 1e9
+        lg8 = sum(wf * f.oof_logits for wf, f in zip(w, fams) if wf > 0)
+        for n_views, idx in VIEW_SETS.items():
+            lg = lg8[list(idx)].mean(0)
+            t = fit_temperature(lg, y)
+            nll = float(-log_softmax(lg / t, axis=1)[np.arange(len(y)), y].mean())
+            grid.append({"weights": list(w), "views": n_views, "gmacs_per_image": gmacs * n_views, "nll": nll,
+                         "balanced_accuracy": balanced_accuracy(y, lg)})
+    ok = [g for g in grid if g["gmacs_per_image"] <= budget_gmacs]
+    if not ok:
+        print(f"warning: nothing fits the {budget_gmacs} GMAC budget; serving one view", flush=True)
+        ok = [g for g in grid if g["views"] == 1]
+    best = min(ok, key=lambda g: (round(g["nll"], 4), -sum(x == 0 for x in g["weights"]), g["views"]))
+    return tuple(best["weights"]), best["views"], grid
 
 
 def choose_tau(y: np.ndarray, logits: np.ndarray, prior: np.ndarray) -> tuple[float, list[dict]]:
@@ -341,17 +343,17 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
     y = fams[0].oof_labels
     prior = np.bincount(y, minlength=len(CLASS_CODES)) / len(y)
 
-    fam_w, weight_grid_scores = choose_family_weights(y, fams) if len(fams) > 1 else ((1.0,), [])
+    macs = {f.name: member_macs(f.configs[0]) for f in fams}
+    fam_w, n_views, choice_grid = choose_weights_and_views(y, fams, macs)
     served = [(f, w) for f, w in zip(fams, fam_w) if w > 0]
     dirs = [d for f, _ in served for d in f.dirs]
     configs = [c for f, _ in served for c in f.configs]
     member_w = np.array([w / len(f.dirs) for f, w in served for _ in f.dirs])
-    macs = {f.name: member_macs(f.configs[0]) for f in fams}
     gmacs_per_view = sum(len(f.dirs) * macs[f.name] for f, _ in served) / 1e9
     oof_all = sum(w * f.oof_logits for f, w in served)  # (8, N, K)
-
-    n_views, view_scores = choose_views(y, oof_all, gmacs_per_view)
     views = VIEW_SETS[n_views]
+    # the chosen weights' row of each view set (also those over the budget, for the report)
+    view_scores = {g["views"]: g["balanced_accuracy"] for g in choice_grid if tuple(g["weights"]) == fam_w}
     oof_tta = oof_all[list(views)].mean(0)
     tau, tau_grid = choose_tau(y, oof_tta, prior)
     oof_adj = adjust(oof_tta, prior, tau)
@@ -416,7 +418,7 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
         "choices": choices,
         # one CV table per family (each family is its own k-fold split; their folds are not comparable)
         "cv": {"families": cv_families},
-        "oof": {"n": len(y), "family_weight_grid": weight_grid_scores,
+        "oof": {"n": len(y), "weights_views_grid": choice_grid, "budget_gmacs_per_image": MAX_GMACS_PER_IMAGE,
                 "view_sets_balanced_accuracy": {str(k): v for k, v in view_scores.items()},
                 "tau_grid": tau_grid, "ablation": ablation_oof},
         "test": {"n": len(yt), "metrics": test_final, "referral": {"sensitivity": sens, "specificity": spec},

@@ -25,24 +25,30 @@ def write_markdown(report: dict, path: Path) -> None:
     fams = cv.get("families") or {"members": cv}
     weights = {Path(f["dir"]).name: f["weight"] for f in ch.get("families", [])}
     lines = ["# Cross-validated ensemble: report", "",
-             f"Members: {len(ch['members'])} from {len(fams)} famil{'y' if len(fams) == 1 else 'ies'} of lesion-grouped "
+             (f"Members: {len(ch['members'])} from {len(fams)} famil{'y' if len(fams) == 1 else 'ies'} of lesion-grouped "
              f"k-fold CV over train + val. Chosen on out-of-fold data: family weights "
              f"{', '.join(f'{k} {v:g}' for k, v in weights.items()) or 'n/a'}, TTA views {len(ch['view_indices'])} "
              f"({ch.get('gmacs_per_image', float('nan')):.2f} GMAC per image), logit adjustment tau {ch['tau']}, "
              f"temperature {ch['temperature']:.3f}, referral threshold "
-             f"{ch['referral']['malignant_probability_threshold']:.3f}.", ""]
+             f"{ch['referral']['malignant_probability_threshold']:.3f}."), ""]
     for name, fam in fams.items():
-        lines += [f"## Cross-validation of family `{name}` ({fam.get('arch', '')} {fam.get('image_size', '')} px; "
-                  f"held-out fold of each member)", "",
+        lines += [(f"## Cross-validation of family `{name}` ({fam.get('arch', '')} {fam.get('image_size', '')} px; "
+                  f"held-out fold of each member)"), "",
                   "| fold | held-out images | balanced accuracy | with TTA |", "|---:|---:|---:|---:|"]
         lines += [f"| {r['fold']} | {r['n_held_out']} | {_f(r['balanced_accuracy'])} | "
                   f"{_f(r['balanced_accuracy_tta'])} |" for r in fam["folds"]]
         lines += ["", f"Mean ± sd: **{_f(fam['balanced_accuracy_mean'])} ± {_f(fam['balanced_accuracy_sd'])}**.", ""]
-    if oof.get("family_weight_grid"):
-        lines += ["## Family weights (out-of-fold, identity view; chosen by the lowest NLL)", "",
-                  "| weights | NLL | balanced accuracy |", "|---|---:|---:|"]
-        lines += [f"| {' / '.join(f'{w:g}' for w in g['weights'])} | {g['nll']:.4f} | {_f(g['balanced_accuracy'])} |"
-                  for g in oof["family_weight_grid"]]
+    if oof.get("weights_views_grid"):
+        budget = oof.get("budget_gmacs_per_image", float("inf"))
+        lines += [(f"## Family weights x TTA views (out-of-fold; chosen by the lowest NLL within {budget:g} GMAC "
+                  "per image)"), "",
+                  "| weights | views | GMAC per image | NLL | balanced accuracy |", "|---|---:|---:|---:|---:|"]
+        chosen = ([f["weight"] for f in ch.get("families", [])] or [1.0], len(ch["view_indices"]))
+        for g in oof["weights_views_grid"]:
+            mark = "**" if (g["weights"], g["views"]) == chosen else ""
+            cost = f"{g['gmacs_per_image']:.2f}" + (" (over)" if g["gmacs_per_image"] > budget else "")
+            lines.append(f"| {mark}{' / '.join(f'{w:g}' for w in g['weights'])}{mark} | {g['views']} | {cost} | "
+                         f"{g['nll']:.4f} | {_f(g['balanced_accuracy'])} |")
         lines.append("")
     lines += [f"## Ablation on out-of-fold predictions ({oof['n']} pool images; temperature refitted per row)", ""]
     lines += _table(oof["ablation"])
@@ -56,10 +62,10 @@ def write_markdown(report: dict, path: Path) -> None:
         lines.append(f"| {k.replace('_', ' ')} | {_f(ci['estimate'])} | {_f(ci['low'])} – {_f(ci['high'])} |")
     r = ch["referral"]
     lines += ["", "## Referral rule", "",
-              f"Refer when P(mel)+P(bcc)+P(akiec) ≥ {r['malignant_probability_threshold']:.3f}, chosen on OOF data for "
+              (f"Refer when P(mel)+P(bcc)+P(akiec) ≥ {r['malignant_probability_threshold']:.3f}, chosen on OOF data for "
               f"malignant sensitivity ≥ {r['target_sensitivity']:.2f} (OOF sensitivity {_f(r['oof_sensitivity'])}, "
               f"specificity {_f(r['oof_specificity'])}). Test: sensitivity {_f(test['referral']['sensitivity'])}, "
-              f"specificity {_f(test['referral']['specificity'])}.",
+              f"specificity {_f(test['referral']['specificity'])}."),
               f"Adding the low-confidence reason (top-1 < 0.5) at the same OOF sensitivity gives OOF specificity "
               f"{_f(r['with_low_confidence_reason']['oof_specificity'])}: "
               + ("kept." if r["keep_low_confidence_reason"] else
