@@ -53,6 +53,9 @@ MAX_OOD_REL_DIFF = 1e-3
 #: 2-family test ensemble: 8e-3). 2 % of the score is far inside its spread around the 1.0 threshold;
 #: the flag itself must still agree on >= 99.5 % of the images (as the top class must).
 MAX_OOD_REL_DIFF_FLOAT16 = 2e-2
+#: The model issue's budget for the served model file, in bytes (10^6 per MB; the manifest and reports
+#: add < 0.2 MB). Over it the export stops and names ``--float16-weights``.
+MAX_MODEL_BYTES = 50_000_000
 
 OOD_DESCRIPTION = (
     "Mahalanobis distance of the image's penultimate features to the nearest class mean of the training "
@@ -156,7 +159,8 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
     float32), for ensembles whose float32 file would break the 50 MB model budget.
 
     Raises:
-        ExportError: ``output_dir`` exists without ``force``, or a parity check failed (nothing written).
+        ExportError: ``output_dir`` exists without ``force``, the model file is over :data:`MAX_MODEL_BYTES`,
+            or a parity check failed (nothing written).
     """
     from export.errors import ExportError
     from trainer.cv import load_member
@@ -191,6 +195,9 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
                 conv_weights_to_float16(tmp / "model.onnx")
         if outputs[0] != OUTPUT_NAME or OOD_OUTPUT not in outputs:
             raise ExportError(f"unexpected ONNX outputs {outputs}")
+        if (size_b := (tmp / "model.onnx").stat().st_size) > MAX_MODEL_BYTES:
+            raise ExportError(f"model.onnx is {size_b / 1e6:.1f} MB, over the {MAX_MODEL_BYTES / 1e6:g} MB budget"
+                              + ("" if float16_weights else "; --float16-weights halves the convolution weights"))
         ood_eval = {k: v for k, v in choices["ood"].items() if k not in ("method", "threshold")}
         manifest = Manifest(
             name=name, version=version_str, created_at=datetime.now(UTC),
