@@ -18,8 +18,8 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from trainer.data import CLASS_CODES, read_labels  # noqa: E402
-from trainer.families import load_families  # noqa: E402
+from trainer.data import CLASS_CODES, read_labels
+from trainer.families import load_families
 
 MEL = CLASS_CODES.index("mel")
 
