@@ -228,7 +228,7 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
                      "training_wall_time_seconds": report["training_wall_time_seconds"]},
             training={"recipe": "lesion-grouped k-fold members (trainer.cv), one k-fold split per family",
                       # the first member's config of each family (members of a family differ only in fold)
-                      "families": _family_configs(member_cfgs)},
+                      "families": _family_configs(members, member_cfgs)},
         )
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         parity = check_parity(models, weights, views, offset, detectors, tmp, data_dir, parity_images,
@@ -242,11 +242,12 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
     return manifest
 
 
-def _family_configs(member_cfgs: list[dict]) -> dict[str, dict]:
-    """``{family folder: first member's config}``; a member's folder is ``<family>/fold<i>``."""
+def _family_configs(member_dirs: list[Path], member_cfgs: list[dict]) -> dict[str, dict]:
+    """``{family folder name: its first served member's config}`` (a member lives in ``<family>/fold<i>``;
+    the members of a family differ only in their fold)."""
     out: dict[str, dict] = {}
-    for cfg in member_cfgs:
-        out.setdefault(Path(str(cfg["output_dir"])).parent.name, cfg)
+    for d, cfg in zip(member_dirs, member_cfgs):
+        out.setdefault(Path(d).parent.name, cfg)
     return out
 
 

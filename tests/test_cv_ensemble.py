@@ -120,6 +120,8 @@ def test_weights_and_views_are_chosen_jointly_within_the_budget():
     assert (w, views) == ((0.75, 0.25), 4)
     w, views, _ = choose_weights_and_views(y, fams, macs, budget_gmacs=0.3)  # only the cheap family fits
     assert (w, views) == ((0.0, 1.0), 2)
+    w, views, _ = choose_weights_and_views(y, fams, macs, budget_gmacs=0.05)  # nothing fits: the cheapest
+    assert (w, views) == ((0.0, 1.0), 1)
 
 
 def test_mahalanobis_detector_separates_far_points():
@@ -243,6 +245,8 @@ def test_exported_ensemble_has_guard_parity_and_is_served(tiny_ensemble: Path, s
     choices = json.loads((tiny_ensemble / "ensemble" / "choices.json").read_text())
     assert manifest["ensemble"]["members"] == len(choices["members"])
     assert manifest["ensemble"]["member_weights"] == choices["member_weights"]
+    served = {Path(f["dir"]).name for f in choices["families"] if f["weight"] > 0}
+    assert set(manifest["training"]["families"]) == served
     storage = manifest["export"]["storage"]
     assert storage["conv_weights"].startswith("float16") and storage["initializers"] > 10
     assert storage["bytes_after"] < storage["bytes_before"]
