@@ -500,6 +500,14 @@ def _validated(model: type, data: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "DEFAULT_CANONICAL_BASE", "DICOM_UID_SYSTEM", "DISCLAIMER", "FHIR_VERSION", "FhirBuildError", "HAM10000_NAMES",
-    "SNOMED_BY_CLASS", "SNOMED_SYSTEM", "SnomedConcept", "build_fhir_bundle",
+    "DEFAULT_CANONICAL_BASE",
+    "DICOM_UID_SYSTEM",
+    "DISCLAIMER",
+    "FHIR_VERSION",
+    "HAM10000_NAMES",
+    "SNOMED_BY_CLASS",
+    "SNOMED_SYSTEM",
+    "FhirBuildError",
+    "SnomedConcept",
+    "build_fhir_bundle",
 ]
