@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-#: The issue's budget for the whole served model directory, in bytes (10^6 bytes per MB).
-MAX_MODEL_DIR_BYTES = 50_000_000
+from export.ensemble import MAX_MODEL_BYTES
+
 #: The issue's parity requirement: at least this many test images compared (Keras vs served ONNX).
 MIN_PARITY_IMAGES = 300
 #: The headline metrics whose intervals the issue asks for.
@@ -27,7 +27,8 @@ def _manifest(model_dir: Path) -> dict:
 
 def test_model_directory_is_within_the_size_budget(model_dir: Path):
     size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
-    assert size <= MAX_MODEL_DIR_BYTES, f"{model_dir} holds {size / 1e6:.1f} MB (budget 50 MB)"
+    # the issue's budget is for the whole directory (the exporter checks the model file against the same)
+    assert size <= MAX_MODEL_BYTES, f"{model_dir} holds {size / 1e6:.1f} MB (budget {MAX_MODEL_BYTES / 1e6:g} MB)"
 
 
 def test_checksum_names_the_served_file(model_dir: Path):

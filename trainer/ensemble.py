@@ -354,11 +354,11 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
     dirs = [d for f, _ in served for d in f.dirs]
     configs = [c for f, _ in served for c in f.configs]
     member_w = np.array([w / len(f.dirs) for f, w in served for _ in f.dirs])
-    gmacs_per_view = sum(len(f.dirs) * macs[f.name] for f, _ in served) / 1e9
     oof_all = sum(w * f.oof_logits for f, w in served)  # (8, N, K)
     views = VIEW_SETS[n_views]
     # the chosen weights' row of each view set (also those over the budget, for the report)
-    view_scores = {g["views"]: g["balanced_accuracy"] for g in choice_grid if tuple(g["weights"]) == fam_w}
+    rows = {g["views"]: g for g in choice_grid if tuple(g["weights"]) == fam_w}
+    view_scores = {v: g["balanced_accuracy"] for v, g in rows.items()}
     oof_tta = oof_all[list(views)].mean(0)
     tau, tau_grid = choose_tau(y, oof_tta, prior)
     oof_adj = adjust(oof_tta, prior, tau)
@@ -410,7 +410,7 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
         "families": [{"dir": _portable(f.root), "weight": w, "members": len(f.dirs), "folds": f.configs[0].folds,
                       "fold_seed": f.configs[0].fold_seed} for f, w in zip(fams, fam_w)],
         "views": [list(VIEWS[v]) for v in views], "view_indices": list(views),
-        "gmacs_per_image": gmacs_per_view * n_views,
+        "gmacs_per_image": rows[n_views]["gmacs_per_image"],
         "prior": prior.tolist(), "tau": tau, "temperature": temperature,
         "referral": referral, "ood_members": guard_idx if ood else [],
         "ood": {k: v for k, v in (ood or {}).items() if k not in ("per_image", "test_scores")},
