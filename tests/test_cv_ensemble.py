@@ -74,6 +74,27 @@ def test_batch_augment_keeps_range_shape_and_is_reproducible():
     assert not np.allclose(a.numpy(), c.numpy())
 
 
+@needs_tf
+def test_hue_rotation_changes_only_hue():
+    """The optional hue jitter keeps each pixel's HSV value and saturation and moves its hue."""
+    import tensorflow as tf
+
+    from trainer.augment import make_batch_augment
+
+    x = tf.constant(np.random.default_rng(1).uniform(30, 220, (4, 16, 16, 3)).astype(np.float32))
+    step = tf.constant(2, tf.int64)
+    plain, _ = make_batch_augment(seed=3, brightness=0, contrast=0, saturation=0)(step, x, None)
+    hued, _ = make_batch_augment(seed=3, brightness=0, contrast=0, saturation=0, hue=0.2)(step, x, None)
+    hsv_plain = tf.image.rgb_to_hsv(plain / 255.0).numpy()
+    hsv_hued = tf.image.rgb_to_hsv(hued / 255.0).numpy()
+    np.testing.assert_allclose(hsv_hued[..., 1:], hsv_plain[..., 1:], atol=2e-3)
+    shift = np.mod(hsv_hued[..., 0] - hsv_plain[..., 0] + 0.5, 1.0) - 0.5  # signed, per pixel
+    per_image = shift.reshape(4, -1)
+    assert np.all(np.abs(per_image) <= 0.2 + 1e-3)
+    assert np.all(per_image.std(axis=1) < 5e-3), "one hue rotation per image"
+    assert np.abs(per_image.mean(axis=1)).max() > 0.01
+
+
 def test_threshold_for_sensitivity_and_bootstrap():
     from trainer.metrics import bootstrap_ci, sensitivity_specificity, threshold_for_sensitivity
 

@@ -69,6 +69,11 @@ class TrainConfig(BaseModel):
         "sqrt_class_weight", description="class-imbalance handling in the loss"
     )
     augment: bool = True
+    crop_min_area: float = Field(0.65, gt=0, le=1, description="smallest random-resized-crop area (share of image)")
+    aug_brightness: float = Field(0.1, ge=0, lt=1, description="brightness jitter, +- share")
+    aug_contrast: float = Field(0.15, ge=0, lt=1, description="contrast jitter, +- share")
+    aug_saturation: float = Field(0.15, ge=0, lt=1, description="saturation jitter, +- share")
+    aug_hue: float = Field(0.0, ge=0, le=0.5, description="hue rotation, +- share of the colour circle (0 = none)")
     early_stopping_patience: int = Field(4, description="epochs without val balanced-accuracy gain")
     seed: int = 42
     limit_per_split: int | None = Field(None, description="use at most this many images per split (smoke tests)")

@@ -92,16 +92,20 @@ def fold_splits(cfg: MemberConfig) -> tuple[Split, Split, Split]:
     return subset(data, np.flatnonzero(fold != cfg.fold)), subset(data, np.flatnonzero(fold == cfg.fold)), test
 
 
-def train_dataset(split: Split, batch_size: int, seed: int, augment: bool, n_classes: int):
+def train_dataset(split: Split, batch_size: int, seed: int, augment: bool, n_classes: int,
+                  cfg: TrainConfig | None = None):
     """Shuffled, augmented (:func:`trainer.augment.make_batch_augment`) ``tf.data`` batches of
-    ``(float32 (B, S, S, 3) in 0..255, float32 one-hot (B, K))``."""
+    ``(float32 (B, S, S, 3) in 0..255, float32 one-hot (B, K))``; augmentation strengths from ``cfg``
+    (``None`` = the defaults of :class:`TrainConfig`)."""
     import tensorflow as tf
 
     from trainer.augment import make_batch_augment
 
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     ds = ds.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    aug = make_batch_augment(seed) if augment else None
+    c = cfg or TrainConfig()
+    aug = make_batch_augment(seed, c.crop_min_area, c.aug_brightness, c.aug_contrast, c.aug_saturation,
+                             c.aug_hue) if augment else None
 
     def prepare(step, xy):
         x, y = tf.cast(xy[0], tf.float32), tf.one_hot(xy[1], n_classes)
@@ -134,7 +138,7 @@ def run_member(cfg: MemberConfig) -> dict:
     model, backbone = build_model(cfg.arch, cfg.image_size, n_classes, cfg.alpha,
                                   cfg.weights if cfg.arch != "simple_cnn" else None, cfg.dropout)
     cw = class_weights(train.labels, n_classes, cfg.imbalance)
-    ds = train_dataset(train, cfg.batch_size, cfg.seed + cfg.fold, cfg.augment, n_classes)
+    ds = train_dataset(train, cfg.batch_size, cfg.seed + cfg.fold, cfg.augment, n_classes, cfg)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
     history: list[dict] = []
     cb = BalancedAccuracyCheckpoint(held, 64, cfg.early_stopping_patience, history)
