@@ -95,6 +95,34 @@ def test_hue_rotation_changes_only_hue():
     assert np.abs(per_image.mean(axis=1)).max() > 0.01
 
 
+@needs_tf
+def test_shades_of_gray_member_ignores_white_balance_and_exposure():
+    """A member built with colour constancy answers the same under a global per-channel gain (no clipping);
+    without it the answer moves. Both have the same weights, so ``weights.npz`` files load either way."""
+    import keras
+
+    from trainer.model import build_model, shades_of_gray
+
+    rng = np.random.default_rng(4)
+    x = rng.uniform(20, 180, (3, 48, 48, 3)).astype(np.float32)
+    shifted = x * np.array([1.2, 1.0, 0.85], np.float32) * 1.1  # warm cast + brighter, max 238 < 255
+    y = np.asarray(shades_of_gray(keras.ops.convert_to_tensor(x)))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255
+    np.testing.assert_allclose(np.asarray(shades_of_gray(keras.ops.convert_to_tensor(shifted))), y, rtol=1e-4, atol=1e-2)
+
+    keras.utils.set_random_seed(0)
+    plain, _ = build_model("simple_cnn", 48, 7, dropout=0.0)  # the layer sits before any backbone
+    sog, _ = build_model("simple_cnn", 48, 7, dropout=0.0, colour_constancy="shades_of_gray")
+    sog.set_weights(plain.get_weights())
+    a, b = sog.predict(x, verbose=0), sog.predict(shifted, verbose=0)
+    assert np.abs(a).max() > 1e-3
+    np.testing.assert_allclose(a, b, atol=1e-3 * np.abs(a).max())
+    moved = np.abs(plain.predict(x, verbose=0) - plain.predict(shifted, verbose=0)).max()
+    assert moved > 10 * np.abs(a - b).max()
+    with pytest.raises(ValueError, match="colour_constancy"):
+        build_model("simple_cnn", 48, 7, colour_constancy="grey_world")
+
+
 def test_threshold_for_sensitivity_and_bootstrap():
     from trainer.metrics import bootstrap_ci, sensitivity_specificity, threshold_for_sensitivity
 

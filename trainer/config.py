@@ -68,6 +68,8 @@ class TrainConfig(BaseModel):
     imbalance: Literal["class_weight", "sqrt_class_weight", "none"] = Field(
         "sqrt_class_weight", description="class-imbalance handling in the loss"
     )
+    colour_constancy: Literal["none", "shades_of_gray"] = Field(
+        "none", description="input colour normalisation inside the model (trainer.model.shades_of_gray)")
     augment: bool = True
     crop_min_area: float = Field(0.65, gt=0, le=1, description="smallest random-resized-crop area (share of image)")
     aug_brightness: float = Field(0.1, ge=0, lt=1, description="brightness jitter, +- share")

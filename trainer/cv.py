@@ -136,7 +136,8 @@ def run_member(cfg: MemberConfig) -> dict:
 
     n_classes = len(CLASS_CODES)
     model, backbone = build_model(cfg.arch, cfg.image_size, n_classes, cfg.alpha,
-                                  cfg.weights if cfg.arch != "simple_cnn" else None, cfg.dropout)
+                                  cfg.weights if cfg.arch != "simple_cnn" else None, cfg.dropout,
+                                  cfg.colour_constancy)
     cw = class_weights(train.labels, n_classes, cfg.imbalance)
     ds = train_dataset(train, cfg.batch_size, cfg.seed + cfg.fold, cfg.augment, n_classes, cfg)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
@@ -199,7 +200,8 @@ def load_member(member_dir: Path):
 
     member_dir = Path(member_dir)
     cfg = MemberConfig(**json.loads((member_dir / "member.json").read_text())["config"])
-    model, _ = build_model(cfg.arch, cfg.image_size, len(CLASS_CODES), cfg.alpha, None, cfg.dropout)
+    model, _ = build_model(cfg.arch, cfg.image_size, len(CLASS_CODES), cfg.alpha, None, cfg.dropout,
+                           cfg.colour_constancy)
     with np.load(member_dir / "weights.npz") as z:
         weights = [z[k] for k in sorted(z.files)]
     model.set_weights(weights)

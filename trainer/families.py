@@ -148,5 +148,6 @@ def member_macs(cfg: MemberConfig) -> int:
     from trainer.data import CLASS_CODES
     from trainer.model import build_model
 
-    model, _ = build_model(cfg.arch, cfg.image_size, len(CLASS_CODES), cfg.alpha, None, cfg.dropout)
+    model, _ = build_model(cfg.arch, cfg.image_size, len(CLASS_CODES), cfg.alpha, None, cfg.dropout,
+                           cfg.colour_constancy)
     return count_macs(model)
