@@ -207,17 +207,13 @@ def test_ood_set_is_built_by_code_and_large_enough():
 
 # ------------------------------------------------------------------ end to end (real data, slow)
 WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
-
-
-
-
 LITE0 = "efficientnet_lite0_imagenet.npz"
 
 
 @pytest.fixture(scope="module")
 def tiny_ensemble(tmp_path_factory, ham_dir: Path) -> Path:
-    """Two families of two folds each (MobileNetV2 alpha 0.5 and EfficientNet-Lite0, 64 px, one epoch)
-    -> trainer.ensemble (family weights, views, tau, T, guard) -> export.ensemble with float16 weights."""
+    """Two families of two folds each (MobileNetV2 alpha 0.5 with Shades-of-Gray colour constancy, and
+    EfficientNet-Lite0; 64 px, one epoch) -> trainer.ensemble (family weights, views, tau, T, guard) -> export.ensemble with float16 weights."""
     require(HAS_TF, "training extra not installed (pip install -e '.[train,cpu]')")
     weights_dir = _repo_relative(os.environ.get("DERMSERVE_WEIGHTS_DIR", "../shared/weights"))
     for f in (WEIGHTS, LITE0):
@@ -225,7 +221,7 @@ def tiny_ensemble(tmp_path_factory, ham_dir: Path) -> Path:
     work = tmp_path_factory.mktemp("cv")
     common = [f"data_dir={ham_dir}", "image_size=64", "limit_per_split=40", "finetune_epochs=1", "batch_size=16",
               "cache_dir=" + str(work / "cache")]
-    families = {"members": [f"weights={weights_dir / WEIGHTS}"],
+    families = {"members": [f"weights={weights_dir / WEIGHTS}", "colour_constancy=shades_of_gray"],
                 "members_lite0": ["arch=efficientnet_lite0", f"weights={weights_dir / LITE0}", "freeze_blocks=3"]}
     for family, extra in families.items():
         for fold in (0, 1):
