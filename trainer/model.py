@@ -13,9 +13,11 @@ from pathlib import Path
 #: the ISIC 2019 winner, Gessert et al., MethodsX 2020).
 SOG_P = 6.0
 #: The illuminant every image is mapped to, per channel (R, G, B) on 0..1: the geometric mean of the
-#: Shades-of-Gray estimates of the 7,821 train + val pool images at 160 px (per-fold training subsets
-#: differ by < 0.002; measured by ``trainer/results/experiments/colour_normalisation.py``). Mapping to the
-#: dataset's typical illuminant rather than to grey keeps typical images almost unchanged.
+#: Shades-of-Gray estimates of the training images (160 px) of family ``cv``'s fold 0 -- 3/4 of the train +
+#: val pool; its four folds give values within 0.002 of each other
+#: (``trainer/results/experiments/colour_normalisation.txt``). Three numbers from pool images, never from
+#: the test split. Mapping to the dataset's typical illuminant rather than to grey keeps typical images
+#: almost unchanged.
 SOG_REFERENCE = (0.781, 0.583, 0.614)
 
 
