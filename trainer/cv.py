@@ -92,20 +92,18 @@ def fold_splits(cfg: MemberConfig) -> tuple[Split, Split, Split]:
     return subset(data, np.flatnonzero(fold != cfg.fold)), subset(data, np.flatnonzero(fold == cfg.fold)), test
 
 
-def train_dataset(split: Split, batch_size: int, seed: int, augment: bool, n_classes: int,
-                  cfg: TrainConfig | None = None):
-    """Shuffled, augmented (:func:`trainer.augment.make_batch_augment`) ``tf.data`` batches of
-    ``(float32 (B, S, S, 3) in 0..255, float32 one-hot (B, K))``; augmentation strengths from ``cfg``
-    (``None`` = the defaults of :class:`TrainConfig`)."""
+def train_dataset(split: Split, cfg: TrainConfig, seed: int, n_classes: int):
+    """Shuffled ``tf.data`` batches of ``(float32 (B, S, S, 3) in 0..255, float32 one-hot (B, K))``:
+    ``cfg.batch_size`` per batch, augmented (:func:`trainer.augment.make_batch_augment`, strengths from
+    ``cfg``) when ``cfg.augment``."""
     import tensorflow as tf
 
     from trainer.augment import make_batch_augment
 
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    ds = ds.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    c = cfg or TrainConfig()
-    aug = make_batch_augment(seed, c.crop_min_area, c.aug_brightness, c.aug_contrast, c.aug_saturation,
-                             c.aug_hue) if augment else None
+    ds = ds.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
+    aug = make_batch_augment(seed, cfg.crop_min_area, cfg.aug_brightness, cfg.aug_contrast, cfg.aug_saturation,
+                             cfg.aug_hue) if cfg.augment else None
 
     def prepare(step, xy):
         x, y = tf.cast(xy[0], tf.float32), tf.one_hot(xy[1], n_classes)
@@ -139,7 +137,7 @@ def run_member(cfg: MemberConfig) -> dict:
                                   cfg.weights if cfg.arch != "simple_cnn" else None, cfg.dropout,
                                   cfg.colour_constancy)
     cw = class_weights(train.labels, n_classes, cfg.imbalance)
-    ds = train_dataset(train, cfg.batch_size, cfg.seed + cfg.fold, cfg.augment, n_classes, cfg)
+    ds = train_dataset(train, cfg, cfg.seed + cfg.fold, n_classes)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
     history: list[dict] = []
     cb = BalancedAccuracyCheckpoint(held, 64, cfg.early_stopping_patience, history)

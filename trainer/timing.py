@@ -52,7 +52,7 @@ def main(steps: int = 20, out: Path = Path("trainer/results/timing.json")) -> di
     res["train_step_fixed_batch"] = _per_step(lambda: model.train_on_batch(x, y), steps)
 
     old = make_dataset(train, 32, True, True, 0).map(lambda a, b: (a, tf.one_hot(b, 7))).repeat()
-    new = train_dataset(train, 32, 0, True, 7).repeat()
+    new = train_dataset(train, cfg, 0, 7).repeat()  # batch 32, augmented (defaults)
     for name, ds in (("old", old), ("new", new)):
         res[f"pipeline_{name}_only"] = _per_step(iter(ds).__next__, steps)
     for name, ds in (("old", old), ("new", new)):

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from colour_shift import SHIFTS
 
-P = 6
+from trainer.model import SOG_P as P  # the same Shades-of-Gray norm as the model layer
 
 
 def illuminant(x: np.ndarray) -> np.ndarray:
