@@ -70,7 +70,7 @@ VIEW_SETS: dict[int, tuple[int, ...]] = {1: (0,), 2: (0, 4), 4: (0, 2, 4, 6), 8:
 #: (2026-12-07, benchmarks/RESULTS.md): HTTP p50 at concurrency 1 was 25.9 ms for 2.0.0 (0.78 GMAC) and
 #: 39.8 ms for 2.1.0 (1.37 GMAC), i.e. ~7.5 ms + 23.6 ms per GMAC; the issue's budget is p50 <= 60 ms, and
 #: 1.8 GMAC (~50 ms) leaves ~10 ms for a noisier machine. (2.4 until 2.1.0, scaled from a quieter day's
-#: 17.3 ms for 2.0.0: the same model measured 50 % slower a week later.)
+#: 17.3 ms for 2.0.0: the same model measured 50 % slower five days later.)
 MAX_GMACS_PER_IMAGE = 1.8
 #: Step of the family-weight grid (rule 1).
 FAMILY_WEIGHT_STEP = 0.25
