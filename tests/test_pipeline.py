@@ -62,6 +62,9 @@ def test_trainer_writes_model_metrics_and_config(exported: Path):
     assert all("recall" in v for v in test["per_class"].values())
     for png in ("training_curves.png", "confusion_matrix.png", "reliability_diagram.png", "roc_curves.png"):
         assert (run / png).stat().st_size > 1000
+    # one row per epoch (1 head + 1 fine-tuning), each with the held-out cross-entropy the curves plot
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and all(0.0 < h["val_loss"] < 20.0 for h in history)
 
 
 def test_export_writes_verified_model_dir(exported: Path):

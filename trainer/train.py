@@ -40,12 +40,14 @@ class BalancedAccuracyCheckpoint:
     """Keras callback factory: val balanced accuracy each epoch, best weights kept, early stop.
 
     Balanced accuracy (mean per-class recall) is the ISIC 2018 Task 3 ranking metric, so it is
-    the model-selection metric here (on the validation split, never on test).
+    the model-selection metric here (on the validation split, never on test). Each history row also
+    records ``val_loss``: the unweighted cross-entropy (nats per image) of the same held-out logits.
     """
 
     def __new__(cls, val_split, batch_size: int, patience: int, history: list[dict]):
         import keras
-        from sklearn.metrics import balanced_accuracy_score
+        from scipy.special import softmax
+        from sklearn.metrics import balanced_accuracy_score, log_loss
 
         class _Callback(keras.callbacks.Callback):
             def __init__(self) -> None:
@@ -64,9 +66,11 @@ class BalancedAccuracyCheckpoint:
                 logits = predict_logits(self.model, val_split, batch_size)
                 bacc = float(balanced_accuracy_score(val_split.labels, logits.argmax(1)))
                 acc = float((logits.argmax(1) == val_split.labels).mean())
+                # unweighted cross-entropy of the held-out logits (the training loss is class-weighted)
+                val_loss = float(log_loss(val_split.labels, softmax(logits, axis=1), labels=range(logits.shape[1])))
                 row = {"phase": self.phase, "epoch": len(history) + 1, "loss": float(logs.get("loss", np.nan)),
                        "train_accuracy": float(logs.get("accuracy", np.nan)),
-                       "val_loss": float(logs.get("val_loss", np.nan)),
+                       "val_loss": val_loss,
                        "val_accuracy": acc, "val_balanced_accuracy": bacc,
                        "seconds": round(time.perf_counter() - self.epoch_start, 1)}
                 history.append(row)
@@ -182,7 +186,6 @@ def run(cfg: TrainConfig) -> dict:
                                   cfg.weights if cfg.arch != "simple_cnn" else None, cfg.dropout)
     cw = class_weights(splits["train"].labels, len(CLASS_CODES), cfg.imbalance)
     train_ds = make_dataset(splits["train"], cfg.batch_size, True, cfg.augment, cfg.seed)
-    val_ds = make_dataset(splits["val"], cfg.batch_size, False, False, cfg.seed)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
     onehot = lambda ds: ds.map(lambda x, y: (x, tf.one_hot(y, len(CLASS_CODES))))
     history: list[dict] = []
@@ -192,7 +195,7 @@ def run(cfg: TrainConfig) -> dict:
         backbone.trainable = False
         model.compile(optimizer=keras.optimizers.Adam(cfg.head_lr), loss=loss, metrics=["accuracy"])
         cb.phase = "head"
-        model.fit(onehot(train_ds), validation_data=onehot(val_ds), epochs=cfg.head_epochs,
+        model.fit(onehot(train_ds), epochs=cfg.head_epochs,
                   class_weight=cw, callbacks=[cb], verbose=0)
     if backbone is not None:
         prepare_finetune(backbone, cfg)
@@ -201,7 +204,7 @@ def run(cfg: TrainConfig) -> dict:
     cb.phase = "finetune"
     cb.wait = 0
     if cfg.finetune_epochs > 0:
-        model.fit(onehot(train_ds), validation_data=onehot(val_ds), epochs=cfg.finetune_epochs,
+        model.fit(onehot(train_ds), epochs=cfg.finetune_epochs,
                   class_weight=cw, callbacks=[cb], verbose=0)
     if cb.best_weights is not None:
         model.set_weights(cb.best_weights)
