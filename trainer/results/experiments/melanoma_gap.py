@@ -22,6 +22,12 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    p = path.resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 def rows(y: np.ndarray, pred: np.ndarray, sources: np.ndarray, mel: int, nv: int) -> list[str]:
     """One table row per source (and all): melanoma images, caught, called nv."""
     out = []
@@ -58,7 +64,7 @@ def main(choices_path: str = str(ROOT / "trainer/results/ensemble/choices.json")
     src_test = np.array([meta[i]["source"] for i in fams[0].test_ids])
     mel_lesions = len({meta[i]["lesion_id"] for i, t in zip(fams[0].test_ids, y_test) if t == mel})
 
-    print(f"# {Path(choices_path).resolve().relative_to(ROOT)}: families {' / '.join(f['dir'] for f in served)} weighted {w}, views {views}, "
+    print(f"# {_shown(Path(choices_path))}: families {' / '.join(f['dir'] for f in served)} weighted {w}, views {views}, "
           f"tau {tau}; arg-max")
     for name, y, pred, src in (("out of fold", y_oof, oof.argmax(1), src_oof),
                                ("test split", y_test, test.argmax(1), src_test)):
