@@ -43,21 +43,39 @@ SHIFTS = {
 }
 
 
-def member_scores(member_dir: Path) -> dict[str, float]:
-    """Held-out balanced accuracy of one member under each shift in :data:`SHIFTS`."""
+def member_logits(member_dir: Path, cache: Path | None = None) -> dict[str, np.ndarray]:
+    """``{"image_ids", "labels", <shift>: float32 (N_held_out, K) logits}`` of one member on its own
+    held-out fold under each shift in :data:`SHIFTS` (identity view), cached in ``cache`` when given.
+
+    Raises:
+        SystemExit: the unshifted logits differ from the member's recorded ``oof.npz`` (identity view).
+    """
     from trainer.cv import MemberConfig, fold_splits, load_member
 
-    info = json.loads((member_dir / "member.json").read_text())
-    cfg = MemberConfig(**info["config"])
+    path = cache / f"{member_dir.parent.name}_{member_dir.name}.npz" if cache else None
+    if path is not None and path.exists():
+        return dict(np.load(path))
+    cfg = MemberConfig(**json.loads((member_dir / "member.json").read_text())["config"])
     _, held, _ = fold_splits(cfg)
     model = load_member(member_dir)
     x = held.images.astype(np.float32)
-    out = {}
+    out = {"image_ids": np.array(held.image_ids), "labels": held.labels}
     for name, fn in SHIFTS.items():
         z = np.clip(fn(x), 0.0, 255.0).astype(np.float32)
-        logits = np.asarray(model.predict(z, batch_size=64, verbose=0))
-        out[name] = float(balanced_accuracy_score(held.labels, logits.argmax(1)))
+        out[name] = np.asarray(model.predict(z, batch_size=64, verbose=0), np.float32)
+    rec = np.load(member_dir / "oof.npz")
+    if list(rec["image_ids"]) != list(out["image_ids"]) or np.abs(rec["logits"][0] - out["none"]).max() > 1e-3:
+        raise SystemExit(f"{member_dir}: recomputed held-out logits differ from oof.npz")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **out)
     return out
+
+
+def member_scores(member_dir: Path) -> dict[str, float]:
+    """Held-out balanced accuracy of one member under each shift in :data:`SHIFTS`."""
+    logits = member_logits(member_dir)
+    return {name: float(balanced_accuracy_score(logits["labels"], logits[name].argmax(1))) for name in SHIFTS}
 
 
 def main(dirs: list[str]) -> None:

@@ -22,7 +22,6 @@ The test split is not read.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -34,39 +33,15 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from colour_shift import SHIFTS
+from colour_shift import SHIFTS, member_logits
 
 CACHE = ROOT / ".cache" / "colour_shift"
-
-
-def member_logits(member_dir: Path) -> dict[str, np.ndarray]:
-    """``{"image_ids", "labels", <shift>: float32 (N_held_out, K) logits}`` of one member (cached)."""
-    from trainer.cv import MemberConfig, fold_splits, load_member
-
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{member_dir.parent.name}_{member_dir.name}.npz"
-    if path.exists():
-        return dict(np.load(path))
-    cfg = MemberConfig(**json.loads((member_dir / "member.json").read_text())["config"])
-    _, held, _ = fold_splits(cfg)
-    model = load_member(member_dir)
-    x = held.images.astype(np.float32)
-    out = {"image_ids": np.array(held.image_ids), "labels": held.labels}
-    for name, fn in SHIFTS.items():
-        z = np.clip(fn(x), 0.0, 255.0).astype(np.float32)
-        out[name] = np.asarray(model.predict(z, batch_size=64, verbose=0), np.float32)
-    # the unshifted rows must reproduce the member's recorded out-of-fold logits (identity view)
-    rec = np.load(member_dir / "oof.npz")
-    if list(rec["image_ids"]) != list(out["image_ids"]) or np.abs(rec["logits"][0] - out["none"]).max() > 1e-3:
-        raise SystemExit(f"{member_dir}: recomputed held-out logits differ from oof.npz")
-    np.savez(path, **out)
-    return out
 
 
 def family_logits(root: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
     """(image ids, labels ``int (N,)``, ``{shift: float32 (N, K)}``) over the whole pool, one family."""
     members = sorted(p.parent for p in root.glob("fold*/member.json"))
-    parts = [member_logits(m) for m in members]
+    parts = [member_logits(m, CACHE) for m in members]
     ids = [str(i) for p in parts for i in p["image_ids"]]
     labels = np.concatenate([p["labels"] for p in parts])
     return ids, labels, {s: np.concatenate([p[s] for p in parts]) for s in SHIFTS}
