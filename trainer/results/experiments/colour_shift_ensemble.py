@@ -38,13 +38,12 @@ from colour_shift import SHIFTS, member_logits
 CACHE = ROOT / ".cache" / "colour_shift"
 
 
-def family_logits(root: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """(image ids, labels ``int (N,)``, ``{shift: float32 (N, K)}``) over the whole pool, one family."""
-    members = sorted(p.parent for p in root.glob("fold*/member.json"))
-    parts = [member_logits(m, CACHE) for m in members]
-    ids = [str(i) for p in parts for i in p["image_ids"]]
-    labels = np.concatenate([p["labels"] for p in parts])
-    return ids, labels, {s: np.concatenate([p[s] for p in parts]) for s in SHIFTS}
+def family_logits(fam, ids: list[str]) -> dict[str, np.ndarray]:
+    """``{shift: float32 (N, K)}`` of one family (:class:`trainer.families.Members`) in the row order ``ids``."""
+    parts = [member_logits(d, CACHE) for d in fam.dirs]
+    pos = {str(i): n for n, i in enumerate(i for p in parts for i in p["image_ids"])}
+    idx = np.array([pos[i] for i in ids])
+    return {s: np.concatenate([p[s] for p in parts])[idx] for s in SHIFTS}
 
 
 def main(family: list[Path] = typer.Option(..., help="family folders, in the order of --ensemble's weights"),  # noqa: B008
@@ -52,18 +51,12 @@ def main(family: list[Path] = typer.Option(..., help="family folders, in the ord
          tau: float = 0.25) -> None:
     """Print one row per weight vector: balanced accuracy under each shift, mean drop, clean and mean NLL."""
     from trainer.ensemble import adjust
+    from trainer.families import load_families
     from trainer.metrics import calibrated_probabilities, fit_temperature
 
-    fams = [family_logits(Path(f)) for f in family]
-    ids0, y, _ = fams[0]
-    for ids, _, _ in fams[1:]:
-        if set(ids) != set(ids0):
-            raise SystemExit("families hold out different pools")
-    aligned = []
-    for ids, _, logits in fams:
-        pos = {i: n for n, i in enumerate(ids)}
-        idx = np.array([pos[i] for i in ids0])
-        aligned.append({s: v[idx] for s, v in logits.items()})
+    fams = load_families([Path(f) for f in family])  # raises unless the families hold out the same pool
+    y, ids = fams[0].oof_labels, fams[0].oof_ids
+    aligned = [family_logits(f, ids) for f in fams]
     prior = np.bincount(y, minlength=aligned[0]["none"].shape[1]) / len(y)
     names = [Path(f).name for f in family]
     print(f"# families {' / '.join(names)}; {len(y)} pool images, each scored by the members that held it out; "
