@@ -44,6 +44,18 @@ def test_lesion_folds_keep_each_lesion_in_one_fold_and_stratify():
         lesion_folds(rows, 1, seed=1)
 
 
+def test_portable_path_records_repository_and_shared_paths_relatively():
+    from trainer.config import REPO_ROOT, _repo_path, portable_path
+    from trainer.ensemble import resolve_member
+
+    member = REPO_ROOT / "trainer/results/cv/fold0"
+    assert portable_path(member) == "trainer/results/cv/fold0" == portable_path("trainer/results/cv/fold0")
+    assert resolve_member(portable_path(member)) == member
+    shared = REPO_ROOT.parent / "shared" / "data" / "ham10000"
+    assert portable_path(shared) == "../shared/data/ham10000"
+    assert _repo_path(portable_path(shared)) == shared.resolve()
+
+
 @needs_tf
 def test_batch_dihedral_matches_numpy_views():
     import tensorflow as tf
@@ -292,6 +304,12 @@ def test_exported_ensemble_has_guard_parity_and_is_served(tiny_ensemble: Path, s
     assert manifest["ensemble"]["member_weights"] == choices["member_weights"]
     served = {Path(f["dir"]).name for f in choices["families"] if f["weight"] > 0}
     assert set(manifest["training"]["families"]) == served
+    # paths beside the repository are recorded relative to it (../shared/...), not as this machine's /work/...
+    from trainer.config import portable_path
+
+    weights_dir = _repo_relative(os.environ.get("DERMSERVE_WEIGHTS_DIR", "../shared/weights"))
+    recorded = {c["weights"] for c in manifest["ensemble"]["member_configs"]}
+    assert recorded and recorded <= {portable_path(weights_dir / f) for f in (WEIGHTS, LITE0)}
     storage = manifest["export"]["storage"]
     assert storage["conv_weights"].startswith("float16") and storage["initializers"] > 10
     assert storage["bytes_after"] < storage["bytes_before"]

@@ -17,6 +17,23 @@ def _repo_path(value: str) -> Path:
     return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
+def portable_path(path: Path | str) -> str:
+    """``path`` as committed files should record it: relative to the repository root when it lies in the
+    repository or beside it (``trainer/results/cv/fold0``, ``../shared/data/ham10000``), else absolute.
+
+    Recorded paths then name the same files on any machine with the documented layout (the repository with
+    ``../shared`` beside it) instead of the training machine's ``/work/...``; :func:`_repo_path` and
+    :func:`trainer.ensemble.resolve_member` read them back.
+    """
+    p = Path(path).expanduser()
+    p = p.resolve() if p.is_absolute() else (REPO_ROOT / p).resolve()
+    if p.is_relative_to(REPO_ROOT):
+        return str(p.relative_to(REPO_ROOT))
+    if p.is_relative_to(REPO_ROOT.parent):
+        return str(Path("..") / p.relative_to(REPO_ROOT.parent))
+    return str(p)
+
+
 #: Where the dataset lives unless told otherwise (``DERMSERVE_DATA_DIR`` overrides).
 DEFAULT_DATA_DIR = _repo_path(os.environ.get("DERMSERVE_DATA_DIR", "../shared/data/ham10000"))
 #: Where the verified ImageNet weights live unless told otherwise (``DERMSERVE_WEIGHTS_DIR``).

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.config import portable_path
 from trainer.cv import MEMBERS_DIR, VIEWS, MemberConfig, load_member
 from trainer.data import CLASS_CODES, read_labels
 from trainer.families import Members, load_families, member_macs
@@ -286,7 +287,7 @@ def fit_ood(dirs: list[Path], configs: list[MemberConfig], indices: list[int], t
     msp = lambda lg: -calibrated_probabilities(lg, 1.0).max(1)
     return {
         "method": "mahalanobis_penultimate_mean_ratio",
-        "members": [_portable(d) for d in dirs],
+        "members": [portable_path(d) for d in dirs],
         "threshold": 1.0,
         "n_ood_images": len(ood_set), "n_test_images": len(s_test),
         "auroc": float(roc_auc_score(y, np.r_[s_test, s_ood])),
@@ -302,16 +303,8 @@ def fit_ood(dirs: list[Path], configs: list[MemberConfig], indices: list[int], t
     }
 
 
-def _portable(path: Path) -> str:
-    """``path`` relative to the repository root when inside it (committed files stay machine-independent)."""
-    from trainer.config import REPO_ROOT
-
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
-
-
 def resolve_member(path: str) -> Path:
-    """Inverse of :func:`_portable`: relative paths are under the repository root."""
+    """Inverse of :func:`trainer.config.portable_path`: relative paths are under the repository root."""
     from trainer.config import REPO_ROOT
 
     p = Path(path)
@@ -405,9 +398,9 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
         if with_ood else None
     ood_flag = np.array(ood["test_scores"]) > 1.0 if ood else None
     choices = {
-        "members": [_portable(d) for d in dirs],
+        "members": [portable_path(d) for d in dirs],
         "member_weights": member_w.tolist(),
-        "families": [{"dir": _portable(f.root), "weight": w, "members": len(f.dirs), "folds": f.configs[0].folds,
+        "families": [{"dir": portable_path(f.root), "weight": w, "members": len(f.dirs), "folds": f.configs[0].folds,
                       "fold_seed": f.configs[0].fold_seed} for f, w in zip(fams, fam_w)],
         "views": [list(VIEWS[v]) for v in views], "view_indices": list(views),
         "gmacs_per_image": rows[n_views]["gmacs_per_image"],
