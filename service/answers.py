@@ -13,7 +13,8 @@ Both thresholds come from ``manifest.json`` (``referral.malignant_probability_th
 
 Out-of-distribution guard (a model whose manifest has ``ood``): the graph's extra output
 ``ood.output`` is the image's score; above ``ood.threshold`` the image is flagged
-(``out_of_distribution``), referred, and ``out_of_distribution`` leads its referral reasons.
+(``out_of_distribution``), referred, and ``out_of_distribution`` leads its referral reasons. The
+``ood_threshold`` setting, when set, replaces the manifest's threshold (a site's own recalibration).
 With the ``reject`` policy :meth:`AnswerShaper.check_in_distribution` refuses such requests.
 """
 
@@ -108,14 +109,21 @@ class AnswerShaper:
         manifest: the served model's manifest (class order and names, version, metrics).
         referral: the referral thresholds in force.
         provider: the active onnxruntime execution provider (for :meth:`model_info`).
+        ood_policy: ``flag`` or ``reject`` (setting ``ood_policy``).
+        ood_threshold: replaces the manifest's ``ood.threshold`` when not None (setting ``ood_threshold``).
     """
 
-    def __init__(self, manifest: Manifest, referral: ReferralRule, provider: str, ood_policy: str = "flag") -> None:
+    def __init__(self, manifest: Manifest, referral: ReferralRule, provider: str, ood_policy: str = "flag",
+                 ood_threshold: float | None = None) -> None:
         self.manifest = manifest
         self.referral = referral
         self.provider = provider
         self.ood = manifest.ood
         self.ood_policy = ood_policy
+        self.ood_threshold_source = "manifest" if ood_threshold is None else "settings"
+        #: the threshold in force (None for a model without a guard)
+        self.ood_threshold = None if self.ood is None else (self.ood.threshold if ood_threshold is None
+                                                            else float(ood_threshold))
         self.codes = manifest.class_codes
         self.names = {c.code: c.name for c in manifest.classes}
         self.model_ref = ModelRef(name=manifest.name, version=manifest.version)
@@ -147,7 +155,7 @@ class AnswerShaper:
         if self.ood is None or self.ood.output not in output.extras:
             return None, False
         score = float(output.extras[self.ood.output])
-        return score, bool(score > self.ood.threshold)
+        return score, bool(score > self.ood_threshold)
 
     def guard_outputs(self, output: ModelOutput, n: int) -> tuple[list[float | None], list[bool], float] | None:
         """``(ood_scores, out_of_distribution flags, threshold)`` of a batch of ``n`` images for the V2 codec;
@@ -155,7 +163,7 @@ class AnswerShaper:
         if self.ood is None:
             return None
         flags = [self.ood_flag(output.image(i)) for i in range(n)]
-        return [s for s, _ in flags], [f for _, f in flags], self.ood.threshold
+        return [s for s, _ in flags], [f for _, f in flags], self.ood_threshold
 
     def check_in_distribution(self, images: Sequence[DecodedImage], output: ModelOutput) -> None:
         """Under the ``reject`` policy, refuse the request if the guard flags any of its images.
@@ -171,7 +179,7 @@ class AnswerShaper:
             if ood:
                 bad.append({"index": i, "id": image.id, "reason": REASON_OOD,
                             "message": f"not recognised as a dermoscopic image (out-of-distribution score "
-                                       f"{score:.2f} > threshold {self.ood.threshold:.2f})"})
+                                       f"{score:.2f} > threshold {self.ood_threshold:.2f})"})
         if bad:
             raise InvalidInputError(f"{len(bad)} of {len(images)} images were not recognised as dermoscopic images "
                                     "and this server rejects them (DERMSERVE_OOD_POLICY=reject)", bad)
@@ -191,7 +199,8 @@ class AnswerShaper:
                                  min_top_probability=r.min_top_probability, source=r.source),  # type: ignore[arg-type]
             metrics=metrics,
             ood=None if self.ood is None else OODOut(
-                method=self.ood.method, description=self.ood.description, threshold=self.ood.threshold,
+                method=self.ood.method, description=self.ood.description, threshold=self.ood_threshold,
+                threshold_source=self.ood_threshold_source,  # type: ignore[arg-type]
                 fitted_on=self.ood.fitted_on, policy=self.ood_policy,  # type: ignore[arg-type]
                 evaluation=self.ood.evaluation),
             execution_provider=self.provider,

@@ -134,7 +134,7 @@ async def build_components(settings: Settings, metrics: Metrics,
         answers = AnswerShaper(m, ReferralRule.resolve(m, settings.referral.malignant_threshold,
                                                        settings.referral.min_top_probability,
                                                        settings.referral.target_sensitivity), runtime.provider,
-                               settings.referral.ood_policy)
+                               settings.referral.ood_policy, settings.referral.ood_threshold)
         decoder = ImageDecoder(spec, _pool(stack, settings.decode.threads, "dermserve-decode"), traffic,
                                inline_max_bytes=settings.decode.inline_max_bytes, model_idle=lambda: batcher.idle)
         # job images decode in their own single thread, one at a time in the gaps: never ahead of /predict

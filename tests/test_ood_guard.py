@@ -34,9 +34,10 @@ def _image(i: int) -> DecodedImage:
     return DecodedImage(id=f"img{i}", pixels=np.zeros((4, 4, 3), np.uint8))
 
 
-def _shaper(model_dir: Path, policy: str = "flag", with_guard: bool = True) -> AnswerShaper:
+def _shaper(model_dir: Path, policy: str = "flag", with_guard: bool = True,
+            threshold: float | None = None) -> AnswerShaper:
     m = _manifest(model_dir, with_guard)
-    return AnswerShaper(m, ReferralRule.resolve(m), "CPUExecutionProvider", policy)
+    return AnswerShaper(m, ReferralRule.resolve(m), "CPUExecutionProvider", policy, threshold)
 
 
 def test_extra_output_named_by_the_manifest(model_dir: Path):
@@ -78,6 +79,26 @@ def test_reject_policy_names_each_flagged_image(model_dir: Path):
     _shaper(model_dir, "reject").check_in_distribution(images[:1], output.take([0]))  # all inside: no error
     info = json.loads(_shaper(model_dir, "reject").model_info().model_dump_json())
     assert info["ood"]["policy"] == "reject" and info["ood"]["threshold"] == 1.0
+
+
+def test_site_threshold_replaces_the_manifest_threshold(model_dir: Path):
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    probs = np.array([0.01, 0.01, 0.02, 0.01, 0.02, 0.92, 0.01], np.float32)
+    out = ImageOutput(probs, {"ood_score": 1.3})
+    assert _shaper(model_dir).prediction(0, _image(0), out).out_of_distribution
+    site = _shaper(model_dir, threshold=1.5)
+    assert not site.prediction(0, _image(0), out).out_of_distribution
+    assert site.prediction(1, _image(1), ImageOutput(probs, {"ood_score": 1.6})).out_of_distribution
+    info = site.model_info().ood
+    assert info.threshold == 1.5 and info.threshold_source == "settings"
+    assert _shaper(model_dir).model_info().ood.threshold_source == "manifest"
+    assert _shaper(model_dir, with_guard=False, threshold=1.5).model_info().ood is None
+    assert Settings(_env_file=None, ood_threshold="1.5").referral.ood_threshold == 1.5
+    with pytest.raises(ValidationError, match="ood_threshold"):
+        Settings(_env_file=None, ood_threshold="0")
 
 
 def test_referral_target_sensitivity_picks_the_manifest_operating_point(model_dir: Path):

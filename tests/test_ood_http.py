@@ -116,3 +116,27 @@ def test_v2_and_jobs_carry_the_guard(live_server, guard, ood_images, test_images
     assert body["status"] == "succeeded", body
     assert [p["out_of_distribution"] for p in body["results"]] == [outs["out_of_distribution"]["data"][0], True]
     assert body["results"][1]["referral_reasons"][0] == "out_of_distribution"
+
+
+def test_site_threshold_setting_moves_the_flag(live_server, server_factory, test_images):
+    """DERMSERVE_OOD_THRESHOLD (a site's own recalibration, e.g. another dermatoscope's colours) replaces the
+    manifest's threshold for /predict, /v2 and GET /model."""
+    import base64
+
+    lesion = test_images(1, offset=5)[0]
+    item = (lesion.name, lesion.read_bytes(), "image/jpeg")
+    before = _post(live_server.base_url, [item]).json()["predictions"][0]
+    threshold = before["ood_score"] / 2  # the same image now lies above the site's threshold
+    server = server_factory(env={"DERMSERVE_OOD_THRESHOLD": str(threshold)})
+    after = _post(server.base_url, [item]).json()["predictions"][0]
+    assert after["ood_score"] == pytest.approx(before["ood_score"], rel=1e-4)
+    assert after["out_of_distribution"] and after["referral_reasons"][0] == "out_of_distribution"
+    ood = httpx.get(server.base_url + "/model", timeout=10).json()["ood"]
+    assert ood["threshold"] == pytest.approx(threshold) and ood["threshold_source"] == "settings"
+    name = httpx.get(server.base_url + "/model", timeout=10).json()["name"]
+    req = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
+                       "data": [base64.b64encode(item[1]).decode()]}]}
+    outs = {o["name"]: o for o in httpx.post(f"{server.base_url}/v2/models/{name}/infer", json=req,
+                                             timeout=60).json()["outputs"]}
+    assert outs["out_of_distribution"]["data"] == [True]
+    assert outs["ood_score"]["parameters"]["threshold"] == pytest.approx(threshold)
