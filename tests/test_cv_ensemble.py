@@ -185,6 +185,23 @@ def test_weights_and_views_are_chosen_jointly_within_the_budget():
     assert (w, views) == ((0.0, 1.0), 1)
 
 
+def test_guard_prefers_the_heaviest_family_without_colour_constancy(tmp_path: Path):
+    from trainer.cv import MemberConfig
+    from trainer.ensemble import choose_guard
+    from trainer.families import Members
+
+    def family(name: str, cc: str) -> Members:
+        cfg = MemberConfig(colour_constancy=cc, weights=None)
+        z = np.zeros((0,))
+        return Members(tmp_path / name, [tmp_path / name / "fold0"], [cfg], z, z, z, [], z, z, [])
+
+    sog, plain, plain2 = family("sog", "shades_of_gray"), family("plain", "none"), family("plain2", "none")
+    assert choose_guard([(sog, 0.75), (plain, 0.25)]) is plain
+    assert choose_guard([(plain, 0.5), (plain2, 0.5)]) is plain  # ties: the first given
+    assert choose_guard([(plain, 0.25), (plain2, 0.5), (sog, 0.25)]) is plain2
+    assert choose_guard([(sog, 1.0)]) is sog  # only colour-constant families served: guard with them
+
+
 def test_mahalanobis_detector_separates_far_points():
     from trainer.ood import MahalanobisDetector
 
@@ -280,9 +297,11 @@ def test_report_has_cv_table_ablation_and_intervals(tiny_ensemble: Path):
     kept = [f for f in choices["families"] if f["weight"] > 0]
     assert len(choices["members"]) == sum(f["members"] for f in kept) == len(choices["member_weights"])
     assert abs(sum(choices["member_weights"]) - 1) < 1e-9
-    # the guard is the highest-weight family's members, and the report names the same members
+    # the guard is the heaviest served family without colour constancy ("members" has it), and the report
+    # names the same members
     assert [choices["members"][i] for i in choices["ood_members"]] == report["ood"]["members"]
-    heaviest = max(kept, key=lambda f: f["weight"])
+    plain = [f for f in kept if not f["dir"].endswith("/members")]
+    heaviest = max(plain or kept, key=lambda f: f["weight"])
     assert all(m.startswith(heaviest["dir"] + "/") for m in report["ood"]["members"])
     ci = report["test"]["confidence_intervals"]["balanced_accuracy"]
     assert ci["resamples"] == 100 and ci["low"] <= ci["high"]
