@@ -243,12 +243,13 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
 
 
 def _portable_config(cfg: dict) -> dict:
-    """A member's config with its paths (``data_dir``, ``output_dir``, ``weights``) as
+    """A member's config with its paths (``data_dir``, ``output_dir``, ``weights``, ``cache_dir``) as
     :func:`trainer.config.portable_path` records them: the manifest names ``../shared/...`` and
     ``trainer/results/...``, not the training machine's absolute paths."""
     from trainer.config import portable_path
 
-    return {k: portable_path(v) if k in ("data_dir", "output_dir", "weights") and v else v for k, v in cfg.items()}
+    keys = ("data_dir", "output_dir", "weights", "cache_dir")
+    return {k: portable_path(v) if k in keys and v else v for k, v in cfg.items()}
 
 
 def _family_configs(member_dirs: list[Path], member_cfgs: list[dict]) -> dict[str, dict]:

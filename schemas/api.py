@@ -249,7 +249,7 @@ class OODOut(BaseModel):
     description: str = Field(description="what ood_score means")
     threshold: float = Field(description="out_of_distribution is true when ood_score > threshold")
     threshold_source: Literal["manifest", "settings"] = Field(
-        "manifest", description="where the threshold came from: the model's manifest (1.0: 95 % of the guarding "
+        description="where the threshold came from: the model's manifest (1.0: 95 % of the guarding "
         "members' held-out images below it) or the site's setting DERMSERVE_OOD_THRESHOLD")
     fitted_on: str = Field(description="the images the detector was fitted and thresholded on")
     policy: Literal["flag", "reject"] = Field(

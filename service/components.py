@@ -135,6 +135,11 @@ async def build_components(settings: Settings, metrics: Metrics,
                                                        settings.referral.min_top_probability,
                                                        settings.referral.target_sensitivity), runtime.provider,
                                settings.referral.ood_policy, settings.referral.ood_threshold)
+        if settings.referral.ood_threshold is not None and m.ood is not None:
+            log.warning("out-of-distribution threshold %.4g from DERMSERVE_OOD_THRESHOLD replaces model %s %s's "
+                        "%.4g: it must have been measured on this model version's ood_score",
+                        settings.referral.ood_threshold, m.name, m.version, m.ood.threshold,
+                        extra={"event": "ood_threshold_override"})
         decoder = ImageDecoder(spec, _pool(stack, settings.decode.threads, "dermserve-decode"), traffic,
                                inline_max_bytes=settings.decode.inline_max_bytes, model_idle=lambda: batcher.idle)
         # job images decode in their own single thread, one at a time in the gaps: never ahead of /predict

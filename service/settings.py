@@ -210,12 +210,14 @@ class ReferralSettings(_Group):
         "(reason out_of_distribution, naming each image). Jobs always flag (their images were accepted before "
         "inference). No effect for a model without a guard")
     ood_threshold: Annotated[float | None, Flat("ood_threshold")] = Field(
-        None, gt=0, description="override the manifest's out-of-distribution threshold (None = the manifest's, "
+        None, gt=0, allow_inf_nan=False, description="override the manifest's out-of-distribution threshold "
+        "(None = the manifest's, "
         "1.0 = 95 % of the guarding members' held-out HAM10000 images below it). For a site whose dermatoscope "
         "shifts colours: measured on held-out HAM10000 images, a warm white balance (red x1.12, blue x0.88) "
         "raised one guarding member's flagged share from 5 % to 28 % "
         "(trainer/results/experiments/ood_colour_shift.txt). Set it from the ood_score of the site's own "
-        "dermoscopic images (e.g. their 95th percentile); no effect for a model without a guard")
+        "dermoscopic images (e.g. their 95th percentile), again for every new model version (the score's scale is "
+        "the model's), and check that non-dermoscopic images are still flagged; no effect for a model without a guard")
 
 
 class AccessSettings(_Group):

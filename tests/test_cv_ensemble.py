@@ -311,7 +311,8 @@ def test_report_has_cv_table_ablation_and_intervals(tiny_ensemble: Path):
 
 
 @pytest.mark.slow
-def test_exported_ensemble_has_guard_parity_and_is_served(tiny_ensemble: Path, server_factory, test_images):
+def test_exported_ensemble_has_guard_parity_and_is_served(tiny_ensemble: Path, server_factory, test_images,
+                                                          ham_dir: Path):
     from service.runtime import sha256_file
 
     model = tiny_ensemble / "model"
@@ -327,8 +328,14 @@ def test_exported_ensemble_has_guard_parity_and_is_served(tiny_ensemble: Path, s
     from trainer.config import portable_path
 
     weights_dir = _repo_relative(os.environ.get("DERMSERVE_WEIGHTS_DIR", "../shared/weights"))
-    recorded = {c["weights"] for c in manifest["ensemble"]["member_configs"]}
+    from trainer.config import REPO_ROOT
+
+    configs = manifest["ensemble"]["member_configs"]
+    recorded = {c["weights"] for c in configs}
     assert recorded and recorded <= {portable_path(weights_dir / f) for f in (WEIGHTS, LITE0)}
+    assert {c["data_dir"] for c in configs} == {portable_path(ham_dir)}
+    if weights_dir.resolve().is_relative_to(REPO_ROOT.parent):  # the documented layout: ../shared beside the repo
+        assert not any(Path(r).is_absolute() for r in recorded), recorded
     storage = manifest["export"]["storage"]
     assert storage["conv_weights"].startswith("float16") and storage["initializers"] > 10
     assert storage["bytes_after"] < storage["bytes_before"]

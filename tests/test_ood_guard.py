@@ -97,8 +97,9 @@ def test_site_threshold_replaces_the_manifest_threshold(model_dir: Path):
     assert _shaper(model_dir).model_info().ood.threshold_source == "manifest"
     assert _shaper(model_dir, with_guard=False, threshold=1.5).model_info().ood is None
     assert Settings(_env_file=None, ood_threshold="1.5").referral.ood_threshold == 1.5
-    with pytest.raises(ValidationError, match="ood_threshold"):
-        Settings(_env_file=None, ood_threshold="0")
+    for bad in ("0", "-1", "inf", "nan"):  # infinity would switch the guard off (and is not valid JSON)
+        with pytest.raises(ValidationError, match="ood_threshold"):
+            Settings(_env_file=None, ood_threshold=bad)
 
 
 def test_referral_target_sensitivity_picks_the_manifest_operating_point(model_dir: Path):

@@ -126,6 +126,7 @@ def test_site_threshold_setting_moves_the_flag(live_server, server_factory, test
     lesion = test_images(1, offset=5)[0]
     item = (lesion.name, lesion.read_bytes(), "image/jpeg")
     before = _post(live_server.base_url, [item]).json()["predictions"][0]
+    assert not before["out_of_distribution"], "pick a lesion inside the manifest's threshold"
     threshold = before["ood_score"] / 2  # the same image now lies above the site's threshold
     server = server_factory(env={"DERMSERVE_OOD_THRESHOLD": str(threshold)})
     after = _post(server.base_url, [item]).json()["predictions"][0]

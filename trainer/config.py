@@ -23,15 +23,19 @@ def portable_path(path: Path | str) -> str:
 
     Recorded paths then name the same files on any machine with the documented layout (the repository with
     ``../shared`` beside it) instead of the training machine's ``/work/...``; :func:`_repo_path` and
-    :func:`trainer.ensemble.resolve_member` read them back.
+    :func:`trainer.ensemble.resolve_member` read them back. The path is compared as written (normalised, a
+    symlinked ``../shared`` stays ``../shared``) and, failing that, resolved. "Beside" means under the
+    repository's parent folder, unless that parent is the filesystem root.
     """
     p = Path(path).expanduser()
-    p = p.resolve() if p.is_absolute() else (REPO_ROOT / p).resolve()
-    if p.is_relative_to(REPO_ROOT):
-        return str(p.relative_to(REPO_ROOT))
-    if p.is_relative_to(REPO_ROOT.parent):
-        return str(Path("..") / p.relative_to(REPO_ROOT.parent))
-    return str(p)
+    absolute = p if p.is_absolute() else REPO_ROOT / p
+    for candidate in (Path(os.path.normpath(absolute)), absolute.resolve()):
+        if candidate.is_relative_to(REPO_ROOT):
+            return str(candidate.relative_to(REPO_ROOT))
+        parent = REPO_ROOT.parent
+        if parent != Path(parent.anchor) and candidate.is_relative_to(parent):
+            return str(Path("..") / candidate.relative_to(parent))
+    return str(absolute.resolve())
 
 
 #: Where the dataset lives unless told otherwise (``DERMSERVE_DATA_DIR`` overrides).

@@ -324,8 +324,10 @@ def resolve_member(path: str) -> Path:
     """Inverse of :func:`trainer.config.portable_path`: relative paths are under the repository root."""
     from trainer.config import REPO_ROOT
 
+    import os
+
     p = Path(path)
-    return p if p.is_absolute() else REPO_ROOT / p
+    return p if p.is_absolute() else Path(os.path.normpath(REPO_ROOT / p))
 
 
 def family_cv_table(fam: Members, y: np.ndarray, views: tuple[int, ...], macs: int) -> dict:

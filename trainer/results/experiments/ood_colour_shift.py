@@ -14,7 +14,8 @@ non-dermoscopic OOD set (:mod:`trainer.oodset`, unshifted), i.e. whether the gua
 
 A proxy, like ``colour_shift.py``: global colour transforms of HAM10000 images, not another dermatoscope.
 Families on the same fold seed (``cv`` and ``cv_sog4``) hold out the same images, so they compare fold by fold.
-Per-member distances are cached in ``--cache`` (default ``.cache/ood_shift``, not committed).
+Per-member distances are cached in ``--cache`` (default ``.cache/ood_shift``, not committed; a folder of its own:
+``colour_shift.py``'s cache uses the same file names for logits).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def main(family: list[Path] = typer.Option(..., help="family folders (<family>/f
     ratios: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for fam in family:
         members = sorted(p.parent for p in Path(fam).glob("fold*/member.json") if not fold or p.parent.name in fold)
+        if not members:
+            raise typer.BadParameter(f"no members under {fam}" + (f" among {fold}" if fold else ""))
         d = {m.name: member_distances(m, cache) for m in members}
         ratios[Path(fam).name] = {k: {n: r[n] / r["threshold"] for n in [*names, "ood"]} for k, r in d.items()}
         print_rows(Path(fam).name, list(ratios[Path(fam).name].values()), names)
