@@ -214,7 +214,7 @@ class ReferralSettings(_Group):
         "(None = the manifest's, "
         "1.0 = 95 % of the guarding members' held-out HAM10000 images below it). For a site whose dermatoscope "
         "shifts colours: measured on held-out HAM10000 images, a warm white balance (red x1.12, blue x0.88) "
-        "raised one guarding member's flagged share from 5 % to 28 % "
+        "raised the guarding members' flagged share from 5 % to 12-28 % "
         "(trainer/results/experiments/ood_colour_shift.txt). Set it from the ood_score of the site's own "
         "dermoscopic images (e.g. their 95th percentile), again for every new model version (the score's scale is "
         "the model's), and check that non-dermoscopic images are still flagged; no effect for a model without a guard")
