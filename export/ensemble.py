@@ -163,6 +163,7 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
             or a parity check failed (nothing written).
     """
     from export.errors import ExportError
+    from trainer.config import portable_config
     from trainer.cv import load_member
     from trainer.ensemble import resolve_member
 
@@ -171,7 +172,7 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
     report = json.loads((ensemble_dir / "report.json").read_text())
     members = [resolve_member(p) for p in choices["members"]]
     models = [load_member(p) for p in members]
-    member_cfgs = [_portable_config(json.loads((p / "member.json").read_text())["config"]) for p in members]
+    member_cfgs = [portable_config(json.loads((p / "member.json").read_text())["config"]) for p in members]
     size = int(member_cfgs[0]["image_size"])
     resize = member_cfgs[0].get("resize_method", "bilinear")
     views = [tuple(v) for v in choices["views"]]
@@ -240,16 +241,6 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
                 shutil.copy2(ensemble_dir / f, tmp / f)
     log.info("wrote %s (sha256 %s)", output_dir, manifest.sha256)
     return manifest
-
-
-def _portable_config(cfg: dict) -> dict:
-    """A member's config with its paths (``data_dir``, ``output_dir``, ``weights``, ``cache_dir``) as
-    :func:`trainer.config.portable_path` records them: the manifest names ``../shared/...`` and
-    ``trainer/results/...``, not the training machine's absolute paths."""
-    from trainer.config import portable_path
-
-    keys = ("data_dir", "output_dir", "weights", "cache_dir")
-    return {k: portable_path(v) if k in keys and v else v for k, v in cfg.items()}
 
 
 def _family_configs(member_dirs: list[Path], member_cfgs: list[dict]) -> dict[str, dict]:

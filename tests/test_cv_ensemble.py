@@ -56,6 +56,44 @@ def test_portable_path_records_repository_and_shared_paths_relatively():
     assert _repo_path(portable_path(shared)) == shared.resolve()
 
 
+def test_recorded_member_paths_resolve_on_this_machine(monkeypatch, tmp_path):
+    """member.json records ``../shared/...`` and repository paths; reading them back re-roots the shared ones
+    at the data/weights defaults (so DERMSERVE_DATA_DIR / DERMSERVE_WEIGHTS_DIR move them) and the rest at the
+    repository root, whatever the working directory; absolute paths stay."""
+    from trainer import config
+
+    recorded = config.portable_config({
+        "data_dir": str(config.REPO_ROOT.parent / "shared/data/ham10000"),
+        "weights": str(config.REPO_ROOT.parent / "shared/weights/w.h5"),
+        "output_dir": str(config.REPO_ROOT / "trainer/results/cv/fold0"), "cache_dir": ".cache/images",
+        "image_size": 160})
+    assert recorded == {"data_dir": "../shared/data/ham10000", "weights": "../shared/weights/w.h5",
+                        "output_dir": "trainer/results/cv/fold0", "cache_dir": ".cache/images",
+                        "image_size": 160}
+    monkeypatch.setattr(config, "DEFAULT_DATA_DIR", tmp_path / "elsewhere/ham")
+    monkeypatch.setattr(config, "DEFAULT_WEIGHTS_DIR", tmp_path / "w")
+    monkeypatch.chdir(tmp_path)
+    local = config.local_config(recorded)
+    assert local["data_dir"] == tmp_path / "elsewhere/ham"
+    assert local["weights"] == tmp_path / "w/w.h5"
+    assert local["output_dir"] == config.REPO_ROOT / "trainer/results/cv/fold0"
+    assert local["cache_dir"] == config.REPO_ROOT / ".cache/images"
+    assert config.local_path("/abs/data") == Path("/abs/data")
+    assert config.local_path("../shared/weights/../data/ham10000") == tmp_path / "elsewhere/ham"
+
+
+def test_committed_members_record_no_machine_paths():
+    """Every committed member names its data and weights the portable way (no ``/work/...``)."""
+    from trainer.config import REPO_ROOT
+
+    members = sorted((REPO_ROOT / "trainer/results").glob("**/fold*/member.json"))
+    assert members
+    for m in members:
+        cfg = json.loads(m.read_text())["config"]
+        for key in ("data_dir", "weights", "output_dir"):
+            assert cfg[key] is None or not Path(cfg[key]).is_absolute(), (m, key, cfg[key])
+
+
 @needs_tf
 def test_batch_dihedral_matches_numpy_views():
     import tensorflow as tf

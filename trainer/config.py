@@ -38,6 +38,43 @@ def portable_path(path: Path | str) -> str:
     return str(absolute.resolve())
 
 
+#: The configuration fields that hold paths (:func:`portable_config`, :func:`local_config`).
+PATH_FIELDS = ("data_dir", "output_dir", "weights", "cache_dir")
+#: The documented places of the dataset and the weights, as :func:`portable_path` records them.
+SHARED_DATA_DIR = Path("../shared/data/ham10000")
+SHARED_WEIGHTS_DIR = Path("../shared/weights")
+
+
+def portable_config(cfg: dict) -> dict:
+    """A config dict (``TrainConfig.model_dump(mode="json")``) with its :data:`PATH_FIELDS` recorded by
+    :func:`portable_path`: what ``member.json`` and the model manifest store, so that the committed files name
+    ``../shared/...`` and ``trainer/results/...``, not one machine's ``/work/...``. Other keys are unchanged."""
+    return {k: portable_path(v) if k in PATH_FIELDS and v else v for k, v in cfg.items()}
+
+
+def local_path(recorded: str | Path) -> Path:
+    """Where a path recorded by :func:`portable_path` lies on this machine.
+
+    Absolute paths are kept. A relative path under :data:`SHARED_DATA_DIR` or :data:`SHARED_WEIGHTS_DIR` is
+    re-rooted at :data:`DEFAULT_DATA_DIR` / :data:`DEFAULT_WEIGHTS_DIR`, so ``DERMSERVE_DATA_DIR`` and
+    ``DERMSERVE_WEIGHTS_DIR`` move committed members' data and weights too; any other relative path is
+    relative to the repository root, not the working directory.
+    """
+    p = Path(recorded)
+    if p.is_absolute():
+        return p
+    p = Path(os.path.normpath(p))
+    for shared, local in ((SHARED_DATA_DIR, DEFAULT_DATA_DIR), (SHARED_WEIGHTS_DIR, DEFAULT_WEIGHTS_DIR)):
+        if p.is_relative_to(shared):
+            return local / p.relative_to(shared)
+    return REPO_ROOT / p
+
+
+def local_config(cfg: dict) -> dict:
+    """The inverse of :func:`portable_config`: :data:`PATH_FIELDS` mapped through :func:`local_path`."""
+    return {k: local_path(v) if k in PATH_FIELDS and v else v for k, v in cfg.items()}
+
+
 #: Where the dataset lives unless told otherwise (``DERMSERVE_DATA_DIR`` overrides).
 DEFAULT_DATA_DIR = _repo_path(os.environ.get("DERMSERVE_DATA_DIR", "../shared/data/ham10000"))
 #: Where the verified ImageNet weights live unless told otherwise (``DERMSERVE_WEIGHTS_DIR``).

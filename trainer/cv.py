@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from service.preprocessing import PreprocessSpec
-from trainer.config import REPO_ROOT, TrainConfig
+from trainer.config import REPO_ROOT, TrainConfig, local_config, portable_config
 from trainer.data import CLASS_CODES, Split, class_weights, load_split, read_labels, select_rows
 from trainer.folds import lesion_folds, pool_rows
 
@@ -173,7 +173,7 @@ def run_member(cfg: MemberConfig) -> dict:
         "held_out_balanced_accuracy_tta8": float(balanced_accuracy_score(held.labels, oof.mean(0).argmax(1))),
         "wall_time_seconds": {"data": round(t_data, 1), "train": round(t_train, 1),
                               "total": round(time.perf_counter() - t0, 1)},
-        "config": json.loads(cfg.model_dump_json()),
+        "config": portable_config(json.loads(cfg.model_dump_json())),
     }
     (out / "history.json").write_text(json.dumps(history, indent=2))
     (out / "member.json").write_text(json.dumps(info, indent=2))
@@ -187,6 +187,18 @@ def save_weights(model, path: Path) -> None:
     np.savez_compressed(path, **{f"w{i:04d}": w for i, w in enumerate(model.get_weights())})
 
 
+def member_config(member_dir: Path) -> MemberConfig:
+    """The :class:`MemberConfig` recorded in ``member_dir/member.json``, its paths made local
+    (:func:`trainer.config.local_config`: ``../shared/...`` honours ``DERMSERVE_DATA_DIR`` /
+    ``DERMSERVE_WEIGHTS_DIR``, other relative paths are relative to the repository root).
+
+    Raises:
+        FileNotFoundError: no ``member.json``.
+        pydantic.ValidationError: the recorded config is not a valid :class:`MemberConfig`.
+    """
+    return MemberConfig(**local_config(json.loads((Path(member_dir) / "member.json").read_text())["config"]))
+
+
 def load_member(member_dir: Path):
     """Rebuild a member's Keras model (logits output) from ``member.json`` + ``weights.npz``.
 
@@ -197,7 +209,7 @@ def load_member(member_dir: Path):
     from trainer.model import build_model
 
     member_dir = Path(member_dir)
-    cfg = MemberConfig(**json.loads((member_dir / "member.json").read_text())["config"])
+    cfg = member_config(member_dir)
     model, _ = build_model(cfg.arch, cfg.image_size, len(CLASS_CODES), cfg.alpha, None, cfg.dropout,
                            cfg.colour_constancy)
     with np.load(member_dir / "weights.npz") as z:

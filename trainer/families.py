@@ -10,13 +10,12 @@ prediction of a cross-family ensemble (no model in it saw the image), which is w
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trainer.cv import MEMBERS_DIR, MemberConfig
+from trainer.cv import MEMBERS_DIR, MemberConfig, member_config
 
 
 @dataclass
@@ -78,8 +77,7 @@ def load_members(root: Path = MEMBERS_DIR) -> Members:
         raise FileNotFoundError(f"no members (fold*/member.json) under {root}")
     configs, oof, test = [], [], []
     for d in dirs:
-        info = json.loads((d / "member.json").read_text())
-        configs.append(MemberConfig(**info["config"]))
+        configs.append(member_config(d))
         oof.append(dict(np.load(d / "oof.npz")))
         test.append(dict(np.load(d / "test.npz")))
     if any(list(t["image_ids"]) != list(test[0]["image_ids"]) for t in test):

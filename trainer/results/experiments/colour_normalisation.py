@@ -22,7 +22,6 @@ not read. Shifts as in ``colour_shift.py``. Members run as ONNX (tf2onnx) throug
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -77,7 +76,7 @@ def onnx_member(member_dir: Path, tmp: Path):
 
 
 def main() -> None:
-    from trainer.cv import MemberConfig, fold_splits
+    from trainer.cv import fold_splits, member_config
 
     family = Path(__file__).resolve().parents[1] / "cv"
     modes = ("off", "full", "chroma")
@@ -85,7 +84,7 @@ def main() -> None:
     labels = []
     with tempfile.TemporaryDirectory() as tmp:
         for member in sorted(p for p in family.iterdir() if (p / "weights.npz").exists()):
-            cfg = MemberConfig(**json.loads((member / "member.json").read_text())["config"])
+            cfg = member_config(member)
             train, held, _ = fold_splits(cfg)
             ref = np.exp(np.log(illuminant(train.images)).mean(axis=0))
             sess = onnx_member(member, Path(tmp))

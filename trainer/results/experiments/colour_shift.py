@@ -22,7 +22,6 @@ Members whose directories share a fold seed share held-out folds, so families co
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -50,12 +49,12 @@ def member_logits(member_dir: Path, cache: Path | None = None) -> dict[str, np.n
     Raises:
         SystemExit: the unshifted logits differ from the member's recorded ``oof.npz`` (identity view).
     """
-    from trainer.cv import MemberConfig, fold_splits, load_member
+    from trainer.cv import fold_splits, load_member, member_config
 
     path = cache / f"{member_dir.parent.name}_{member_dir.name}.npz" if cache else None
     if path is not None and path.exists():
         return dict(np.load(path))
-    cfg = MemberConfig(**json.loads((member_dir / "member.json").read_text())["config"])
+    cfg = member_config(member_dir)
     _, held, _ = fold_splits(cfg)
     model = load_member(member_dir)
     x = held.images.astype(np.float32)

@@ -20,7 +20,6 @@ Per-member distances are cached in ``--cache`` (default ``.cache/ood_shift``, no
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -42,13 +41,13 @@ def member_distances(member_dir: Path, cache: Path) -> dict[str, np.ndarray]:
     if path.exists():
         return dict(np.load(path))
     from service.preprocessing import PreprocessSpec
-    from trainer.cv import MemberConfig, fold_splits, load_member
+    from trainer.cv import fold_splits, load_member, member_config
     from trainer.data import CLASS_CODES
     from trainer.ensemble import member_features
     from trainer.ood import MahalanobisDetector
     from trainer.oodset import build_ood_set, decode_all
 
-    cfg = MemberConfig(**json.loads((member_dir / "member.json").read_text())["config"])
+    cfg = member_config(member_dir)
     train, held, _ = fold_splits(cfg)
     model = load_member(member_dir)
     det = MahalanobisDetector.fit(member_features(model, train.images), train.labels, len(CLASS_CODES))
