@@ -163,7 +163,7 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
             or a parity check failed (nothing written).
     """
     from export.errors import ExportError
-    from trainer.config import portable_config
+    from trainer.config import local_config, portable_config
     from trainer.cv import load_member
     from trainer.ensemble import resolve_member
 
@@ -172,7 +172,8 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
     report = json.loads((ensemble_dir / "report.json").read_text())
     members = [resolve_member(p) for p in choices["members"]]
     models = [load_member(p) for p in members]
-    member_cfgs = [portable_config(json.loads((p / "member.json").read_text())["config"]) for p in members]
+    member_cfgs = [portable_config(local_config(json.loads((p / "member.json").read_text())["config"]))
+                   for p in members]
     size = int(member_cfgs[0]["image_size"])
     resize = member_cfgs[0].get("resize_method", "bilinear")
     views = [tuple(v) for v in choices["views"]]

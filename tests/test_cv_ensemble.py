@@ -44,16 +44,27 @@ def test_lesion_folds_keep_each_lesion_in_one_fold_and_stratify():
         lesion_folds(rows, 1, seed=1)
 
 
-def test_portable_path_records_repository_and_shared_paths_relatively():
+def test_portable_path_records_repository_and_shared_paths_relatively(monkeypatch, tmp_path):
+    from trainer import config
     from trainer.config import REPO_ROOT, _repo_path, portable_path
     from trainer.ensemble import resolve_member
 
     member = REPO_ROOT / "trainer/results/cv/fold0"
+    monkeypatch.chdir(REPO_ROOT)
     assert portable_path(member) == "trainer/results/cv/fold0" == portable_path("trainer/results/cv/fold0")
     assert resolve_member(portable_path(member)) == member
     shared = REPO_ROOT.parent / "shared" / "data" / "ham10000"
     assert portable_path(shared) == "../shared/data/ham10000"
     assert _repo_path(portable_path(shared)) == shared.resolve()
+    # a relative path is relative to the working directory, as the command line reads it
+    monkeypatch.chdir(tmp_path)
+    assert portable_path("out/fold0") == str((tmp_path / "out/fold0").resolve())
+    # data and weights moved by DERMSERVE_DATA_DIR / DERMSERVE_WEIGHTS_DIR are recorded at their documented places
+    monkeypatch.setattr(config, "DEFAULT_DATA_DIR", tmp_path / "isic/ham")
+    monkeypatch.setattr(config, "DEFAULT_WEIGHTS_DIR", tmp_path / "w")
+    assert portable_path(tmp_path / "isic/ham") == "../shared/data/ham10000"
+    assert portable_path(tmp_path / "w/m.h5") == "../shared/weights/m.h5"
+    assert config.local_path(portable_path(tmp_path / "w/m.h5")) == tmp_path / "w/m.h5"
 
 
 def test_recorded_member_paths_resolve_on_this_machine(monkeypatch, tmp_path):

@@ -18,18 +18,31 @@ def _repo_path(value: str) -> Path:
 
 
 def portable_path(path: Path | str) -> str:
-    """``path`` as committed files should record it: relative to the repository root when it lies in the
-    repository or beside it (``trainer/results/cv/fold0``, ``../shared/data/ham10000``), else absolute.
+    """``path`` as committed files should record it (``member.json``, ``choices.json``, the model manifest).
 
-    Recorded paths then name the same files on any machine with the documented layout (the repository with
-    ``../shared`` beside it) instead of the training machine's ``/work/...``; :func:`_repo_path` and
-    :func:`trainer.ensemble.resolve_member` read them back. The path is compared as written (normalised, a
-    symlinked ``../shared`` stays ``../shared``) and, failing that, resolved. "Beside" means under the
-    repository's parent folder, unless that parent is the filesystem root.
+    A relative ``path`` is relative to the working directory, as the trainer's command line reads it. Recorded:
+
+    1. under the configured dataset or weights folder (:data:`DEFAULT_DATA_DIR`, :data:`DEFAULT_WEIGHTS_DIR`,
+       i.e. after ``DERMSERVE_DATA_DIR`` / ``DERMSERVE_WEIGHTS_DIR``): as their documented places
+       :data:`SHARED_DATA_DIR` / :data:`SHARED_WEIGHTS_DIR` (``../shared/data/ham10000/...``);
+    2. in the repository: relative to its root (``trainer/results/cv/fold0``);
+    3. beside it (under the repository's parent folder, unless that is the filesystem root):
+       ``../<rest>``;
+    4. anything else: absolute.
+
+    Recorded paths then name the same files on any machine instead of the training machine's ``/work/...``;
+    :func:`local_path` and :func:`trainer.ensemble.resolve_member` read them back. Each rule compares the path
+    as written (normalised: a symlinked ``../shared`` stays ``../shared``) and, failing that, resolved.
     """
     p = Path(path).expanduser()
-    absolute = p if p.is_absolute() else REPO_ROOT / p
-    for candidate in (Path(os.path.normpath(absolute)), absolute.resolve()):
+    absolute = p if p.is_absolute() else Path.cwd() / p
+    candidates = (Path(os.path.normpath(absolute)), absolute.resolve())
+    for candidate in candidates:
+        for local, shared in ((DEFAULT_DATA_DIR, SHARED_DATA_DIR), (DEFAULT_WEIGHTS_DIR, SHARED_WEIGHTS_DIR)):
+            for root in (local, local.resolve()):
+                if candidate.is_relative_to(root):
+                    return str(shared / candidate.relative_to(root))
+    for candidate in candidates:
         if candidate.is_relative_to(REPO_ROOT):
             return str(candidate.relative_to(REPO_ROOT))
         parent = REPO_ROOT.parent
@@ -71,7 +84,8 @@ def local_path(recorded: str | Path) -> Path:
 
 
 def local_config(cfg: dict) -> dict:
-    """The inverse of :func:`portable_config`: :data:`PATH_FIELDS` mapped through :func:`local_path`."""
+    """The inverse of :func:`portable_config`: the :data:`PATH_FIELDS` that are set become absolute
+    :class:`~pathlib.Path` values through :func:`local_path`; other keys are unchanged."""
     return {k: local_path(v) if k in PATH_FIELDS and v else v for k, v in cfg.items()}
 
 

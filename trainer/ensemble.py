@@ -34,8 +34,10 @@ before any test figure was looked at (the test split is scored once, at the end,
    the guarding members, fitted on that member's training folds, thresholded at 95 % of its held-out fold;
    the served score is their mean. Why not a colour-constant family (:func:`choose_guard`): measured on the
    held-out fold and the project's OOD set, a colour-constant member's guard stays near 5 % under colour
-   shifts but lets natural photographs through (7 of 48 OOD images, against 0 for a plain member;
-   ``trainer/results/experiments/ood_colour_shift.txt``).
+   shifts but lets natural photographs through (fold 0: 7 of 48 OOD images, against 0 for the plain member of
+   the same fold; ``trainer/results/experiments/ood_colour_shift.txt``). The rule was written after that
+   measurement on the same 48-image OOD set whose flagged share the report gives, so that figure is not an
+   independent check of the rule.
 
 An ensemble of one family's fold models cannot be scored on OOF data (each pool image has exactly one
 member of the family that did not train on it), so OOF figures are one member per family; the
@@ -314,20 +316,24 @@ def choose_guard(served: list[tuple[Members, float]]) -> Members:
     A colour-constant member's features no longer carry an image's colour cast, which is much of what
     tells a photograph from a dermoscopic image: measured (held-out fold 0 and the OOD set of
     :mod:`trainer.oodset`, ``trainer/results/experiments/ood_colour_shift.txt``) it missed 7 of 48
-    non-dermoscopic images where a plain member missed none, though it flags colour-shifted lesions less.
+    non-dermoscopic images where the plain member of that fold missed none, though it flags colour-shifted
+    lesions less. A family counts as colour-constant when its first member is (a family is one recipe).
+
+    Raises:
+        ValueError: ``served`` is empty.
     """
+    if not served:
+        raise ValueError("no served family to guard with")
     plain = [fw for fw in served if fw[0].configs[0].colour_constancy == "none"]
     return max(plain or served, key=lambda fw: fw[1])[0]
 
 
 def resolve_member(path: str) -> Path:
-    """Inverse of :func:`trainer.config.portable_path`: relative paths are under the repository root."""
-    from trainer.config import REPO_ROOT
+    """A member folder recorded by :func:`trainer.config.portable_path` (``choices.json``) on this machine:
+    :func:`trainer.config.local_path` (relative paths are under the repository root)."""
+    from trainer.config import local_path
 
-    import os
-
-    p = Path(path)
-    return p if p.is_absolute() else Path(os.path.normpath(REPO_ROOT / p))
+    return local_path(path)
 
 
 def family_cv_table(fam: Members, y: np.ndarray, views: tuple[int, ...], macs: int) -> dict:
