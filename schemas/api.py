@@ -255,7 +255,9 @@ class OODOut(BaseModel):
     policy: Literal["flag", "reject"] = Field(
         description="flag: answer with out_of_distribution=true and a referral; reject: 422 naming each such image "
         "(setting DERMSERVE_OOD_POLICY)")
-    evaluation: dict[str, Any] = Field(default_factory=dict, description="measured AUROC and flagged shares")
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="measured AUROC and flagged shares "
+                                       "(from the manifest), holding at the manifest's threshold `threshold` "
+                                       "(not at a site's DERMSERVE_OOD_THRESHOLD)")
 
 
 class ModelInfo(BaseModel):

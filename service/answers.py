@@ -20,6 +20,7 @@ With the ``reject`` policy :meth:`AnswerShaper.check_in_distribution` refuses su
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -110,7 +111,11 @@ class AnswerShaper:
         referral: the referral thresholds in force.
         provider: the active onnxruntime execution provider (for :meth:`model_info`).
         ood_policy: ``flag`` or ``reject`` (setting ``ood_policy``).
-        ood_threshold: replaces the manifest's ``ood.threshold`` when not None (setting ``ood_threshold``).
+        ood_threshold: replaces the manifest's ``ood.threshold`` when not None (setting ``ood_threshold``);
+            dimensionless, on the scale of the model's ``ood_score`` (a ratio of Mahalanobis distances).
+
+    Raises:
+        ValueError: ``ood_threshold`` is not a finite number above 0.
     """
 
     def __init__(self, manifest: Manifest, referral: ReferralRule, provider: str, ood_policy: str = "flag",
@@ -120,6 +125,8 @@ class AnswerShaper:
         self.provider = provider
         self.ood = manifest.ood
         self.ood_policy = ood_policy
+        if ood_threshold is not None and not (math.isfinite(ood_threshold) and ood_threshold > 0):
+            raise ValueError(f"ood_threshold must be a finite number above 0, got {ood_threshold!r}")
         self.ood_threshold_source = "manifest" if ood_threshold is None else "settings"
         #: the threshold in force (None for a model without a guard)
         self.ood_threshold = None if self.ood is None else (self.ood.threshold if ood_threshold is None
@@ -179,7 +186,7 @@ class AnswerShaper:
             if ood:
                 bad.append({"index": i, "id": image.id, "reason": REASON_OOD,
                             "message": f"not recognised as a dermoscopic image (out-of-distribution score "
-                                       f"{score:.2f} > threshold {self.ood_threshold:.2f})"})
+                                       f"{score:.4g} > threshold {self.ood_threshold:.4g})"})
         if bad:
             raise InvalidInputError(f"{len(bad)} of {len(images)} images were not recognised as dermoscopic images "
                                     "and this server rejects them (DERMSERVE_OOD_POLICY=reject)", bad)
@@ -202,6 +209,6 @@ class AnswerShaper:
                 method=self.ood.method, description=self.ood.description, threshold=self.ood_threshold,
                 threshold_source=self.ood_threshold_source,  # type: ignore[arg-type]
                 fitted_on=self.ood.fitted_on, policy=self.ood_policy,  # type: ignore[arg-type]
-                evaluation=self.ood.evaluation),
+                evaluation={"threshold": self.ood.threshold, **self.ood.evaluation}),
             execution_provider=self.provider,
         )

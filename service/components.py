@@ -140,6 +140,9 @@ async def build_components(settings: Settings, metrics: Metrics,
                         "%.4g: it must have been measured on this model version's ood_score",
                         settings.referral.ood_threshold, m.name, m.version, m.ood.threshold,
                         extra={"event": "ood_threshold_override"})
+        elif settings.referral.ood_threshold is not None:
+            log.warning("DERMSERVE_OOD_THRESHOLD is set but model %s %s has no out-of-distribution guard: ignored",
+                        m.name, m.version, extra={"event": "ood_threshold_ignored"})
         decoder = ImageDecoder(spec, _pool(stack, settings.decode.threads, "dermserve-decode"), traffic,
                                inline_max_bytes=settings.decode.inline_max_bytes, model_idle=lambda: batcher.idle)
         # job images decode in their own single thread, one at a time in the gaps: never ahead of /predict

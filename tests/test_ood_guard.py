@@ -100,6 +100,8 @@ def test_site_threshold_replaces_the_manifest_threshold(model_dir: Path):
     for bad in ("0", "-1", "inf", "nan"):  # infinity would switch the guard off (and is not valid JSON)
         with pytest.raises(ValidationError, match="ood_threshold"):
             Settings(_env_file=None, ood_threshold=bad)
+        with pytest.raises(ValueError, match="ood_threshold"):  # the shaper checks values given directly too
+            _shaper(model_dir, threshold=float(bad))
 
 
 def test_referral_target_sensitivity_picks_the_manifest_operating_point(model_dir: Path):

@@ -134,6 +134,8 @@ def test_site_threshold_setting_moves_the_flag(live_server, server_factory, test
     assert after["out_of_distribution"] and after["referral_reasons"][0] == "out_of_distribution"
     ood = httpx.get(server.base_url + "/model", timeout=10).json()["ood"]
     assert ood["threshold"] == pytest.approx(threshold) and ood["threshold_source"] == "settings"
+    # the manifest's measured shares hold at the manifest's threshold, and say so
+    assert ood["evaluation"]["threshold"] == 1.0 and "test_flagged_share" in ood["evaluation"]
     name = httpx.get(server.base_url + "/model", timeout=10).json()["name"]
     req = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
                        "data": [base64.b64encode(item[1]).decode()]}]}
