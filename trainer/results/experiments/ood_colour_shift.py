@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from colour_shift import SHIFTS  # noqa: E402
 
+from trainer.cv import member_config  # noqa: E402
+
 
 def member_distances(member_dir: Path, cache: Path) -> dict[str, np.ndarray]:
     """``{"threshold": (), "ood": float32 (N_ood,), <shift>: float32 (N_held_out,)}``: squared Mahalanobis
@@ -41,7 +43,7 @@ def member_distances(member_dir: Path, cache: Path) -> dict[str, np.ndarray]:
     if path.exists():
         return dict(np.load(path))
     from service.preprocessing import PreprocessSpec
-    from trainer.cv import fold_splits, load_member, member_config
+    from trainer.cv import fold_splits, load_member
     from trainer.data import CLASS_CODES
     from trainer.ensemble import member_features
     from trainer.ood import MahalanobisDetector
@@ -82,14 +84,35 @@ def main(family: list[Path] = typer.Option(..., help="family folders (<family>/f
         ratios[Path(fam).name] = {k: {n: r[n] / r["threshold"] for n in [*names, "ood"]} for k, r in d.items()}
         print_rows(Path(fam).name, list(ratios[Path(fam).name].values()), names)
         print(f"{'':<16} members: {', '.join(m.name for m in members)}")
+        for k, r in ratios[Path(fam).name].items():
+            missed = [img.name for img, v in zip(ood_set(), r["ood"]) if v <= 1.0]
+            print(f"{'':<16} {k} lets through {len(missed)} of {len(r['ood'])} OOD images: {', '.join(missed) or '-'}")
     folds = set.intersection(*(set(r) for r in ratios.values()))
-    if len(ratios) > 1 and folds:
+    splits = {(c.folds, c.fold_seed) for fam in family for c in
+              (member_config(m) for m in sorted(p.parent for p in Path(fam).glob("fold*/member.json")))}
+    if len(ratios) > 1 and folds and len(splits) > 1:
+        print(f"\n(no mixed row: the families use different fold splits {sorted(splits)}, so their fold<i> "
+              "hold out different images)")
+    elif len(ratios) > 1 and folds:
         # both families' guards on the same held-out images (same fold seed): mean of their distance ratios,
         # as the served graph averages its guarding members' ratios (flagged above 1.0)
         fams = list(ratios)
         mixed = [{n: np.mean([ratios[f][k][n] for f in fams], axis=0) for n in [*names, "ood"]} for k in sorted(folds)]
         print_rows("+".join(fams), mixed, names)
         print(f"{'':<16} folds: {', '.join(sorted(folds))} (each held-out image scored by one member of each family)")
+
+
+def ood_set() -> list:
+    """The non-dermoscopic OOD set (:func:`trainer.oodset.build_ood_set`), built once, in the cached order."""
+    global _OOD_SET
+    if _OOD_SET is None:
+        from trainer.oodset import build_ood_set
+
+        _OOD_SET = build_ood_set()
+    return _OOD_SET
+
+
+_OOD_SET: list | None = None
 
 
 def print_rows(label: str, ratios: list[dict[str, np.ndarray]], names: list[str]) -> None:

@@ -20,7 +20,6 @@ of the OOD set flagged. A proxy, like ``colour_shift.py``: global colour transfo
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -33,19 +32,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from colour_shift import SHIFTS  # noqa: E402
 
+from trainer.config import DEFAULT_DATA_DIR  # noqa: E402
+
 
 def run(runtime, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities ``float32 (N, K)`` and OOD scores ``float32 (N,)`` of ``uint8 (N, H, W, 3)`` images."""
+    """Probabilities ``float32 (N, K)`` and OOD scores ``float32 (N,)`` (the manifest's ``ood.output``) of
+    ``uint8 (N, H, W, 3)`` images, through :meth:`service.runtime.ModelRuntime.predict` in batches of ``batch``."""
     probs, scores = [], []
     for i in range(0, len(images), batch):
         out = runtime.predict(images[i:i + batch])
         probs.append(out.probabilities)
-        scores.append(out.extras["ood_score"])
+        scores.append(out.extras[runtime.manifest.ood.output])
     return np.concatenate(probs), np.concatenate(scores)
 
 
 def lesion_bootstrap(flags: np.ndarray, lesions: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95 % interval of the flagged share, resampling lesions (``n`` resamples)."""
+    """95 % interval of the flagged share: ``flags`` ``bool (N,)`` per image, ``lesions`` ``str (N,)`` their
+    ``lesion_id``; ``n`` resamples of lesions with replacement (all of a lesion's images go together)."""
     uniq, inv = np.unique(lesions, return_inverse=True)
     per = np.bincount(inv, weights=flags.astype(np.float64)), np.bincount(inv)
     rng = np.random.default_rng(seed)
@@ -55,8 +58,8 @@ def lesion_bootstrap(flags: np.ndarray, lesions: np.ndarray, n: int = 1000, seed
 
 
 def main(model_dir: Path = typer.Option(Path("models/default"), help="served model directory"),
-         data_dir: Path = typer.Option(Path(os.environ.get("DERMSERVE_DATA_DIR", "../shared/data/ham10000")),
-                                       help="HAM10000 layout (labels.csv + images/)"),
+         data_dir: Path = typer.Option(DEFAULT_DATA_DIR, help="HAM10000 layout (labels.csv + images/); "
+                                       "default ../shared/data/ham10000 or DERMSERVE_DATA_DIR"),
          cache: Path = typer.Option(Path(".cache/images"), help="decoded-image cache")) -> None:
     """Print the served model's flagged share, top-class changes and balanced accuracy per colour shift."""
     from service.runtime import ModelRuntime
@@ -65,10 +68,12 @@ def main(model_dir: Path = typer.Option(Path("models/default"), help="served mod
 
     rt = ModelRuntime(model_dir, intra_op_threads=2)
     m = rt.manifest
+    if m.ood is None:
+        raise typer.BadParameter(f"{model_dir}: the model has no out-of-distribution guard")
     rows = sorted((r for r in read_labels(data_dir) if r["split"] == "test"), key=lambda r: r["image_id"])
     test = load_split(data_dir, rows, rt.spec, cache, workers=2)
     lesions = np.array([r["lesion_id"] for r in rows])
-    threshold = m.ood.threshold if m.ood else 1.0
+    threshold = m.ood.threshold
     print(f"model {m.name} {m.version} ({model_dir}); OOD threshold {threshold} (manifest); "
           f"test split {len(rows)} images, {len(set(lesions))} lesions\n")
     _, ood_scores = run(rt, decode_all(build_ood_set(), rt.spec))
