@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from colour_shift import SHIFTS  # noqa: E402
+from ood_colour_shift import member_inputs  # noqa: E402
 
 
 def _saturation(s: float):
@@ -65,19 +66,15 @@ def member_features_cached(member_dir: Path, cache: Path) -> dict[str, np.ndarra
     path = cache / f"{member_dir.parent.name}_{member_dir.name}.npz"
     if path.exists():
         return dict(np.load(path))
-    from service.preprocessing import PreprocessSpec
-    from trainer.cv import fold_splits, load_member, member_config
+    from trainer.cv import member_config
     from trainer.ensemble import member_features
-    from trainer.oodset import build_ood_set, decode_all
 
     cfg = member_config(member_dir)
-    train, held, _ = fold_splits(cfg)
-    model = load_member(member_dir)
+    model, train, held, ood = member_inputs(member_dir)
     rng = np.random.default_rng(cfg.fold + 1000 * cfg.fold_seed)
     out = {"train_labels": train.labels, "train": member_features(model, train.images)}
     out["train_jit"] = member_features(model, random_colour(train.images.astype(np.float32), rng))
-    out["ood"] = member_features(model, decode_all(build_ood_set(), PreprocessSpec(
-        height=cfg.image_size, width=cfg.image_size, resize_method=cfg.resize_method)))
+    out["ood"] = member_features(model, ood)
     x = held.images.astype(np.float32)
     for name, fn in {**SHIFTS, **UNSEEN}.items():
         out[f"held_{name}"] = member_features(model, np.clip(fn(x), 0.0, 255.0))

@@ -35,6 +35,21 @@ from colour_shift import SHIFTS  # noqa: E402
 from trainer.cv import member_config  # noqa: E402
 
 
+def member_inputs(member_dir: Path):
+    """What a guard experiment needs of one member: ``(model, train, held, ood)`` — the Keras model (logits
+    output), its training folds and held-out fold (:class:`trainer.data.Split`, ``uint8 (N, S, S, 3)`` images),
+    and the non-dermoscopic OOD set decoded at the member's input size (``uint8 (48, S, S, 3)``)."""
+    from service.preprocessing import PreprocessSpec
+    from trainer.cv import fold_splits, load_member
+    from trainer.oodset import decode_all
+
+    cfg = member_config(member_dir)
+    train, held, _ = fold_splits(cfg)
+    ood = decode_all(ood_set(), PreprocessSpec(height=cfg.image_size, width=cfg.image_size,
+                                               resize_method=cfg.resize_method))
+    return load_member(member_dir), train, held, ood
+
+
 def member_distances(member_dir: Path, cache: Path) -> dict[str, np.ndarray]:
     """``{"threshold": (), "ood": float32 (N_ood,), <shift>: float32 (N_held_out,)}``: squared Mahalanobis
     distances of one member's fitted detector (training folds; threshold = 95 % of its unshifted held-out fold)
@@ -42,20 +57,13 @@ def member_distances(member_dir: Path, cache: Path) -> dict[str, np.ndarray]:
     path = cache / f"{member_dir.parent.name}_{member_dir.name}.npz"
     if path.exists():
         return dict(np.load(path))
-    from service.preprocessing import PreprocessSpec
-    from trainer.cv import fold_splits, load_member
     from trainer.data import CLASS_CODES
     from trainer.ensemble import member_features
     from trainer.ood import MahalanobisDetector
-    from trainer.oodset import build_ood_set, decode_all
 
-    cfg = member_config(member_dir)
-    train, held, _ = fold_splits(cfg)
-    model = load_member(member_dir)
+    model, train, held, ood = member_inputs(member_dir)
     det = MahalanobisDetector.fit(member_features(model, train.images), train.labels, len(CLASS_CODES))
     det.calibrate(member_features(model, held.images))
-    ood = decode_all(build_ood_set(), PreprocessSpec(height=cfg.image_size, width=cfg.image_size,
-                                                     resize_method=cfg.resize_method))
     out = {"threshold": np.float64(det.threshold), "ood": det.distance(member_features(model, ood))}
     x = held.images.astype(np.float32)
     for name, fn in SHIFTS.items():
