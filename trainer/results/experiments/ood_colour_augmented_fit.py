@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -31,8 +32,8 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from colour_shift import SHIFTS  # noqa: E402
-from ood_colour_shift import member_inputs  # noqa: E402
+from colour_shift import SHIFTS
+from ood_colour_shift import member_inputs
 
 
 def _saturation(s: float):
@@ -83,9 +84,9 @@ def member_features_cached(member_dir: Path, cache: Path) -> dict[str, np.ndarra
     return out
 
 
-def main(family: list[Path] = typer.Option(..., help="family folders (<family>/fold<i>/member.json)"),
-         fold: list[str] = typer.Option([], help="only these members (fold0, ...); default: all"),
-         cache: Path = typer.Option(Path(".cache/ood_aug"), help="per-member feature cache")) -> None:
+def main(family: Annotated[list[Path], typer.Option(help="family folders (<family>/fold<i>/member.json)")],
+         fold: Annotated[list[str] | None, typer.Option(help="only these members (fold0, ...); default: all")] = None,
+         cache: Annotated[Path, typer.Option(help="per-member feature cache")] = Path(".cache/ood_aug")) -> None:
     """Print, per fit (clean / jittered) and shift, the held-out share flagged (mean and min-max over members)
     and the OOD set's share flagged and AUROC against clean held-out images."""
     from trainer.data import CLASS_CODES

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -30,9 +31,9 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from colour_shift import SHIFTS  # noqa: E402
+from colour_shift import SHIFTS
 
-from trainer.cv import member_config  # noqa: E402
+from trainer.cv import member_config
 
 
 def member_inputs(member_dir: Path):
@@ -73,9 +74,10 @@ def member_distances(member_dir: Path, cache: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def main(family: list[Path] = typer.Option(..., help="family folders (<family>/fold<i>/member.json)"),
-         fold: list[str] = typer.Option([], help="only these members (fold0, fold1, ...); default: all"),
-         cache: Path = typer.Option(Path(".cache/ood_shift"), help="per-member distance cache")) -> None:
+def main(family: Annotated[list[Path], typer.Option(help="family folders (<family>/fold<i>/member.json)")],
+         fold: Annotated[list[str] | None, typer.Option(help="only these members (fold0, fold1, ...); default: all")]
+         = None,
+         cache: Annotated[Path, typer.Option(help="per-member distance cache")] = Path(".cache/ood_shift")) -> None:
     """Print, per family and shift, the held-out share flagged and the AUROC against the OOD set (and, for two
     or more families on one fold seed, the same for a guard averaging their members' ratios)."""
     print("Share of held-out dermoscopic images flagged out-of-distribution by each member's own guard "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -30,9 +31,9 @@ from sklearn.metrics import balanced_accuracy_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from colour_shift import SHIFTS  # noqa: E402
+from colour_shift import SHIFTS
 
-from trainer.config import DEFAULT_DATA_DIR  # noqa: E402
+from trainer.config import DEFAULT_DATA_DIR
 
 
 def run(runtime, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -57,10 +58,10 @@ def lesion_bootstrap(flags: np.ndarray, lesions: np.ndarray, n: int = 1000, seed
     return float(np.quantile(shares, 0.025)), float(np.quantile(shares, 0.975))
 
 
-def main(model_dir: Path = typer.Option(Path("models/default"), help="served model directory"),
-         data_dir: Path = typer.Option(DEFAULT_DATA_DIR, help="HAM10000 layout (labels.csv + images/); "
-                                       "default ../shared/data/ham10000 or DERMSERVE_DATA_DIR"),
-         cache: Path = typer.Option(Path(".cache/images"), help="decoded-image cache")) -> None:
+def main(model_dir: Annotated[Path, typer.Option(help="served model directory")] = Path("models/default"),
+         data_dir: Annotated[Path, typer.Option(help="HAM10000 layout (labels.csv + images/); default "
+                                                "../shared/data/ham10000 or DERMSERVE_DATA_DIR")] = DEFAULT_DATA_DIR,
+         cache: Annotated[Path, typer.Option(help="decoded-image cache")] = Path(".cache/images")) -> None:
     """Print the served model's flagged share, top-class changes and balanced accuracy per colour shift."""
     from service.runtime import ModelRuntime
     from trainer.data import load_split, read_labels

@@ -22,8 +22,8 @@ from sklearn.metrics import balanced_accuracy_score, recall_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from trainer.data import CLASS_CODES  # noqa: E402
-from trainer.metrics import calibrated_probabilities, fit_temperature  # noqa: E402
+from trainer.data import CLASS_CODES
+from trainer.metrics import calibrated_probabilities, fit_temperature
 
 ROOT = Path(__file__).resolve().parents[1]
 #: positions in trainer.cv.VIEWS of identity, rot180, flip-lr, flip-ud (the served 4 views)
