@@ -194,6 +194,7 @@ def member_config(member_dir: Path) -> MemberConfig:
 
     Raises:
         FileNotFoundError: no ``member.json``.
+        KeyError: ``member.json`` has no ``config``.
         pydantic.ValidationError: the recorded config is not a valid :class:`MemberConfig`.
     """
     return MemberConfig(**local_config(json.loads((Path(member_dir) / "member.json").read_text())["config"]))
