@@ -38,7 +38,7 @@ def portable_path(path: Path | str) -> str:
     absolute = p if p.is_absolute() else Path.cwd() / p
     candidates = (Path(os.path.normpath(absolute)), absolute.resolve())
     for candidate in candidates:
-        for local, shared in ((DEFAULT_DATA_DIR, SHARED_DATA_DIR), (DEFAULT_WEIGHTS_DIR, SHARED_WEIGHTS_DIR)):
+        for shared, local in _shared_places():
             for root in (local, local.resolve()):
                 if candidate.is_relative_to(root):
                     return str(shared / candidate.relative_to(root))
@@ -56,6 +56,12 @@ PATH_FIELDS = ("data_dir", "output_dir", "weights", "cache_dir")
 #: The documented places of the dataset and the weights, as :func:`portable_path` records them.
 SHARED_DATA_DIR = Path("../shared/data/ham10000")
 SHARED_WEIGHTS_DIR = Path("../shared/weights")
+
+
+def _shared_places() -> tuple[tuple[Path, Path], ...]:
+    """``(documented place, configured place)`` of the dataset and the weights (read at call time, after any
+    ``DERMSERVE_DATA_DIR`` / ``DERMSERVE_WEIGHTS_DIR``)."""
+    return (SHARED_DATA_DIR, DEFAULT_DATA_DIR), (SHARED_WEIGHTS_DIR, DEFAULT_WEIGHTS_DIR)
 
 
 def portable_config(cfg: dict) -> dict:
@@ -77,7 +83,7 @@ def local_path(recorded: str | Path) -> Path:
     if p.is_absolute():
         return p
     p = Path(os.path.normpath(p))
-    for shared, local in ((SHARED_DATA_DIR, DEFAULT_DATA_DIR), (SHARED_WEIGHTS_DIR, DEFAULT_WEIGHTS_DIR)):
+    for shared, local in _shared_places():
         if p.is_relative_to(shared):
             return local / p.relative_to(shared)
     return REPO_ROOT / p

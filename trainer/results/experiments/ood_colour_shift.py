@@ -20,6 +20,7 @@ Per-member distances are cached in ``--cache`` (default ``.cache/ood_shift``, no
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -86,10 +87,12 @@ def main(family: Annotated[list[Path], typer.Option(help="family folders (<famil
     names = list(SHIFTS)
     print(f"{'guard':<16} {'measure':<14} " + " ".join(f"{n:>15}" for n in names) + f" {'OOD flagged':>12}")
     ratios: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    splits: set[tuple[int, int]] = set()  # (folds, fold seed) of every family: a mixed row needs one split
     for fam in family:
         members = sorted(p.parent for p in Path(fam).glob("fold*/member.json") if not fold or p.parent.name in fold)
         if not members:
             raise typer.BadParameter(f"no members under {fam}" + (f" among {fold}" if fold else ""))
+        splits.update((c.folds, c.fold_seed) for c in map(member_config, members))
         d = {m.name: member_distances(m, cache) for m in members}
         ratios[Path(fam).name] = {k: {n: r[n] / r["threshold"] for n in [*names, "ood"]} for k, r in d.items()}
         print_rows(Path(fam).name, list(ratios[Path(fam).name].values()), names)
@@ -98,8 +101,6 @@ def main(family: Annotated[list[Path], typer.Option(help="family folders (<famil
             missed = [img.name for img, v in zip(ood_set(), r["ood"]) if v <= 1.0]
             print(f"{'':<16} {k} lets through {len(missed)} of {len(r['ood'])} OOD images: {', '.join(missed) or '-'}")
     folds = set.intersection(*(set(r) for r in ratios.values()))
-    splits = {(c.folds, c.fold_seed) for fam in family for c in
-              (member_config(m) for m in sorted(p.parent for p in Path(fam).glob("fold*/member.json")))}
     if len(ratios) > 1 and folds and len(splits) > 1:
         print(f"\n(no mixed row: the families use different fold splits {sorted(splits)}, so their fold<i> "
               "hold out different images)")
@@ -112,17 +113,12 @@ def main(family: Annotated[list[Path], typer.Option(help="family folders (<famil
         print(f"{'':<16} folds: {', '.join(sorted(folds))} (each held-out image scored by one member of each family)")
 
 
+@functools.cache
 def ood_set() -> list:
     """The non-dermoscopic OOD set (:func:`trainer.oodset.build_ood_set`), built once, in the cached order."""
-    global _OOD_SET
-    if _OOD_SET is None:
-        from trainer.oodset import build_ood_set
+    from trainer.oodset import build_ood_set
 
-        _OOD_SET = build_ood_set()
-    return _OOD_SET
-
-
-_OOD_SET: list | None = None
+    return build_ood_set()
 
 
 def print_rows(label: str, ratios: list[dict[str, np.ndarray]], names: list[str]) -> None:
