@@ -217,7 +217,20 @@ class ReferralSettings(_Group):
         "raised the guarding members' flagged share from 5 % to 12-28 % "
         "(trainer/results/experiments/ood_colour_shift.txt). Set it from the ood_score of the site's own "
         "dermoscopic images (e.g. their 95th percentile), again for every new model version (the score's scale is "
-        "the model's), and check that non-dermoscopic images are still flagged; no effect for a model without a guard")
+        "the model's), and check that non-dermoscopic images are still flagged; no effect for a model without a guard. "
+        "Needs ood_threshold_model_version")
+    ood_threshold_model_version: Annotated[str | None, Flat("ood_threshold_model_version")] = Field(
+        None, min_length=1, description="the model version ood_threshold was measured on (manifest `version`, "
+        "e.g. 2.2.0); required with ood_threshold. Start-up fails when the served model has another version, so "
+        "a site threshold never carries over to a model upgrade, whose ood_score has another scale")
+
+    @model_validator(mode="after")
+    def _threshold_names_its_model(self) -> ReferralSettings:
+        if (self.ood_threshold is None) != (self.ood_threshold_model_version is None):
+            raise ValueError("ood_threshold and ood_threshold_model_version (DERMSERVE_OOD_THRESHOLD, "
+                             "DERMSERVE_OOD_THRESHOLD_MODEL_VERSION) go together: a site's "
+                             "out-of-distribution threshold holds for the one model version it was measured on")
+        return self
 
 
 class AccessSettings(_Group):

@@ -96,12 +96,34 @@ def test_site_threshold_replaces_the_manifest_threshold(model_dir: Path):
     assert info.threshold == 1.5 and info.threshold_source == "settings"
     assert _shaper(model_dir).model_info().ood.threshold_source == "manifest"
     assert _shaper(model_dir, with_guard=False, threshold=1.5).model_info().ood is None
-    assert Settings(_env_file=None, ood_threshold="1.5").referral.ood_threshold == 1.5
+    pinned = Settings(_env_file=None, ood_threshold="1.5", ood_threshold_model_version="2.2.0").referral
+    assert (pinned.ood_threshold, pinned.ood_threshold_model_version) == (1.5, "2.2.0")
     for bad in ("0", "-1", "inf", "nan"):  # infinity would switch the guard off (and is not valid JSON)
         with pytest.raises(ValidationError, match="ood_threshold"):
-            Settings(_env_file=None, ood_threshold=bad)
+            Settings(_env_file=None, ood_threshold=bad, ood_threshold_model_version="2.2.0")
         with pytest.raises(ValueError, match="ood_threshold"):  # the shaper checks values given directly too
             _shaper(model_dir, threshold=float(bad))
+
+
+def test_site_threshold_is_pinned_to_the_model_version_it_was_measured_on(model_dir: Path):
+    """A site threshold is on one model's ood_score scale: it needs the version it was measured on, and a
+    different served version refuses it (start-up fails) instead of carrying it over to an upgrade."""
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    for half in ({"ood_threshold": "1.5"}, {"ood_threshold_model_version": "2.2.0"}):
+        with pytest.raises(ValidationError, match="go together"):
+            Settings(_env_file=None, **half)
+    with pytest.raises(ValidationError, match="ood_threshold_model_version"):
+        Settings(_env_file=None, ood_threshold="1.5", ood_threshold_model_version="")
+    m = _manifest(model_dir, True)
+    rule = ReferralRule.resolve(m)
+    same = AnswerShaper(m, rule, "CPUExecutionProvider", "flag", 1.5, m.version)
+    assert same.ood_threshold == 1.5 and same.ood_threshold_source == "settings"
+    with pytest.raises(ValueError, match="measured on model version '0.0.1'") as err:
+        AnswerShaper(m, rule, "CPUExecutionProvider", "flag", 1.5, "0.0.1")
+    assert m.version in str(err.value)
 
 
 def test_referral_target_sensitivity_picks_the_manifest_operating_point(model_dir: Path):

@@ -128,7 +128,9 @@ def test_site_threshold_setting_moves_the_flag(live_server, server_factory, test
     before = _post(live_server.base_url, [item]).json()["predictions"][0]
     assert not before["out_of_distribution"], "pick a lesion inside the manifest's threshold"
     threshold = before["ood_score"] / 2  # the same image now lies above the site's threshold
-    server = server_factory(env={"DERMSERVE_OOD_THRESHOLD": str(threshold)})
+    version = httpx.get(live_server.base_url + "/model", timeout=10).json()["version"]
+    server = server_factory(env={"DERMSERVE_OOD_THRESHOLD": str(threshold),
+                                 "DERMSERVE_OOD_THRESHOLD_MODEL_VERSION": version})
     after = _post(server.base_url, [item]).json()["predictions"][0]
     assert after["ood_score"] == pytest.approx(before["ood_score"], rel=1e-4)
     assert after["out_of_distribution"] and after["referral_reasons"][0] == "out_of_distribution"
@@ -143,3 +145,21 @@ def test_site_threshold_setting_moves_the_flag(live_server, server_factory, test
                                              timeout=60).json()["outputs"]}
     assert outs["out_of_distribution"]["data"] == [True]
     assert outs["ood_score"]["parameters"]["threshold"] == pytest.approx(threshold)
+
+
+def test_site_threshold_for_another_model_version_stops_start_up(server_factory):
+    """A site threshold measured on another model version (e.g. left over from before an upgrade) is refused:
+    the process never becomes ready, exits non-zero, and its log names both versions."""
+    server = server_factory(env={"DERMSERVE_OOD_THRESHOLD": "1.5", "DERMSERVE_OOD_THRESHOLD_MODEL_VERSION": "0.0.1"},
+                            wait=False)
+    deadline = time.monotonic() + 90
+    while server.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            assert httpx.get(server.base_url + "/health/ready", timeout=1.0).status_code != 200
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    code = server.proc.poll()
+    assert code is not None, "the server started with a site threshold measured on another model version"
+    assert code != 0
+    assert "measured on model version '0.0.1'" in server.log()
