@@ -65,7 +65,7 @@ async def load_model(settings: Settings) -> ModelRuntime:
         runtime = await asyncio.to_thread(
             ModelRuntime, r.model_dir, r.providers, r.intra_op_threads, r.inter_op_threads,
             settings.decode.max_image_pixels, allow_spinning=r.ort_allow_spinning,
-            force_spinning_stop=r.ort_force_spinning_stop)
+            force_spinning_stop=r.ort_force_spinning_stop, cpu_mem_arena=r.ort_cpu_mem_arena)
     except ModelLoadError as exc:
         log.critical("refusing to start: the model directory %s cannot be served: %s", r.model_dir, exc,
                      extra={"event": "model_load_failed"})

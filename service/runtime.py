@@ -74,8 +74,10 @@ def verify_sha256(model_path: Path, expected: str) -> None:
 
 
 def open_session(model_path: Path, providers: list[str] | None, intra_op_threads: int, inter_op_threads: int,
-                 allow_spinning: bool, force_spinning_stop: bool):  # -> onnxruntime.InferenceSession
-    """An onnxruntime session on the preferred available providers (CPU always last), full graph optimisation.
+                 allow_spinning: bool, force_spinning_stop: bool,
+                 cpu_mem_arena: bool = True):  # -> onnxruntime.InferenceSession
+    """An onnxruntime session on the preferred available providers (CPU always last), full graph optimisation;
+    ``cpu_mem_arena`` = onnxruntime's ``SessionOptions.enable_cpu_mem_arena`` (see :class:`ModelRuntime`).
 
     Raises:
         ModelLoadError: onnxruntime cannot load the file.
@@ -90,6 +92,7 @@ def open_session(model_path: Path, providers: list[str] | None, intra_op_threads
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = inter_op_threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_cpu_mem_arena = cpu_mem_arena
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     opts.add_session_config_entry("session.force_spinning_stop", "1" if force_spinning_stop else "0")
     try:
@@ -143,7 +146,7 @@ class ModelRuntime:
     def __init__(self, model_dir: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                  inter_op_threads: int = 1, max_image_pixels: int | None = None,
                  allow_spinning: bool = True, force_spinning_stop: bool = False,
-                 extra_outputs: Sequence[str] | None = None) -> None:
+                 extra_outputs: Sequence[str] | None = None, cpu_mem_arena: bool = True) -> None:
         """Load and verify a model directory.
 
         Args:
@@ -162,6 +165,9 @@ class ModelRuntime:
                 between calls.
             extra_outputs: names of further graph outputs, each ``float32 (B,)`` or ``(B, 1)``,
                 returned in :attr:`ModelOutput.extras`; None = :func:`manifest_extra_outputs`.
+            cpu_mem_arena: onnxruntime's CPU memory arena (its default: on). On, the intermediate tensors
+                of the largest batch so far stay reserved (and the arena grows in chunks: RSS only rises); off,
+                they are freed after each call, at the cost of allocating per call.
 
         Raises:
             ModelLoadError: missing files, invalid manifest, sha256 mismatch, or a graph whose
@@ -172,7 +178,7 @@ class ModelRuntime:
         model_path = self.model_dir / m.model_file
         verify_sha256(model_path, m.sha256)
         self.session = open_session(model_path, providers, intra_op_threads, inter_op_threads, allow_spinning,
-                                    force_spinning_stop)
+                                    force_spinning_stop, cpu_mem_arena)
         self.provider = self.session.get_providers()[0]
         self.extra_outputs = tuple(manifest_extra_outputs(m) if extra_outputs is None else extra_outputs)
         check_graph(self.session, m, self.extra_outputs)

@@ -125,6 +125,11 @@ class RuntimeSettings(_Group):
         False, description="with ort_allow_spinning: intra-op threads spin only while a model call runs and "
         "sleep the moment it returns (onnxruntime session.force_spinning_stop)"
     )
+    ort_cpu_mem_arena: bool = Field(
+        True, description="onnxruntime's CPU memory arena (SessionOptions.enable_cpu_mem_arena): on, the "
+        "intermediate tensors of the largest batch so far stay reserved and RSS only rises; off, they are freed "
+        "after every model call (measured in benchmarks/RESULTS.md)"
+    )
 
     @field_validator("providers", mode="before")
     @classmethod

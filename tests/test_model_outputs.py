@@ -50,3 +50,22 @@ def test_a_wrongly_shaped_extra_output_is_an_inference_error():
             await b.close(5)
 
     asyncio.run(body())
+
+
+def test_memory_arena_setting_reaches_onnxruntime_and_changes_no_answer(model_dir):
+    """``ort_cpu_mem_arena`` is onnxruntime's ``enable_cpu_mem_arena`` of the served session; on or off, the
+    same batch gets the same outputs (it changes where intermediate tensors live, not the arithmetic)."""
+    import numpy as np
+
+    from service.runtime import ModelRuntime
+    from service.settings import Settings
+
+    assert Settings(_env_file=None, ort_cpu_mem_arena="false").runtime.ort_cpu_mem_arena is False
+    runs = {}
+    for arena in (True, False):
+        rt = ModelRuntime(model_dir, ["CPUExecutionProvider"], cpu_mem_arena=arena)
+        assert rt.session.get_session_options().enable_cpu_mem_arena is arena
+        spec = rt.spec
+        x = np.random.default_rng(0).integers(0, 256, (3, spec.height, spec.width, 3), dtype=np.uint8)
+        runs[arena] = rt.predict(x)
+    assert np.allclose(runs[True].probabilities, runs[False].probabilities, atol=1e-6)
