@@ -250,7 +250,8 @@ class OODOut(BaseModel):
     threshold: float = Field(description="out_of_distribution is true when ood_score > threshold")
     threshold_source: Literal["manifest", "settings"] = Field(
         description="where the threshold came from: the model's manifest (1.0: 95 % of the guarding "
-        "members' held-out images below it) or the site's setting DERMSERVE_OOD_THRESHOLD")
+        "members' held-out images below it) or the site's setting DERMSERVE_OOD_THRESHOLD (valid only for the "
+        "model version named by DERMSERVE_OOD_THRESHOLD_MODEL_VERSION: the server does not start with another)")
     fitted_on: str = Field(description="the images the detector was fitted and thresholded on")
     policy: Literal["flag", "reject"] = Field(
         description="flag: answer with out_of_distribution=true and a referral; reject: 422 naming each such image "

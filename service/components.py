@@ -57,7 +57,9 @@ async def load_model(settings: Settings) -> ModelRuntime:
     """Load and verify the model directory and warm it up (batch sizes 1 and ``max_batch_size``).
 
     Raises:
-        ModelLoadError: the directory cannot be served (logged as ``model_load_failed``).
+        ModelLoadError: the directory cannot be served (logged as ``model_load_failed``), or a site
+            out-of-distribution threshold was measured on another model version (``DERMSERVE_OOD_THRESHOLD_MODEL_VERSION``
+            is not the manifest's ``version``; logged as ``ood_threshold_version_mismatch``).
         Exception: the warm-up inference failed (logged as ``warmup_failed``).
     """
     r = settings.runtime
@@ -74,6 +76,14 @@ async def load_model(settings: Settings) -> ModelRuntime:
     log.info("model %s %s loaded (sha256 verified), input %dx%d, execution provider %s",
              m.name, m.version, m.input.height, m.input.width, runtime.provider,
              extra={"event": "model_loaded", "provider": runtime.provider})
+    pinned = settings.referral.ood_threshold_model_version
+    if pinned is not None and pinned != m.version:
+        log.critical("refusing to start: DERMSERVE_OOD_THRESHOLD was measured on model version %r but %s %s is "
+                     "served; measure the site threshold again on this version's ood_score and set "
+                     "DERMSERVE_OOD_THRESHOLD_MODEL_VERSION to it", pinned, m.name, m.version,
+                     extra={"event": "ood_threshold_version_mismatch"})
+        raise ModelLoadError(f"ood_threshold was measured on model version {pinned!r}, not on the served "
+                             f"{m.name} {m.version}")
     try:
         await asyncio.to_thread(runtime.warm_up, tuple(sorted({1, settings.batching.max_batch_size})))
     except Exception as exc:

@@ -128,7 +128,8 @@ class RuntimeSettings(_Group):
     ort_cpu_mem_arena: bool = Field(
         True, description="onnxruntime's CPU memory arena (SessionOptions.enable_cpu_mem_arena): on, the "
         "intermediate tensors of the largest batch so far stay reserved and RSS only rises; off, they are freed "
-        "after every model call (measured in benchmarks/RESULTS.md)"
+        "after every model call, which cost throughput with batches of 32 and gained nothing with batches of 8 "
+        "(benchmarks/RESULTS.md, 2026-12-07)"
     )
 
     @field_validator("providers", mode="before")
@@ -166,8 +167,8 @@ class BatchingSettings(_Group):
 
     max_batch_size: int = Field(
         8, ge=1, description="images per onnxruntime call at most. 8 for the bundled 2.2.0 on 2 CPU cores: against "
-        "32 it kept throughput (1.08x at concurrency 8, 1.12x at 32) and cut RSS under load from ~990 to ~430 MB, "
-        "since onnxruntime's arena keeps the largest batch's tensors (7 members x 4 views per image; "
+        "32 it kept throughput (1.08x at concurrency 8, 1.12x at 32) and cut RSS under load from ~990 to ~430 MB "
+        "(0.44x), since onnxruntime's arena keeps the largest batch's tensors (7 members x 4 views per image; "
         "benchmarks/RESULTS.md, 2026-12-07). A GPU may want more")
     max_delay_s: Annotated[float, Flat("max_batch_delay_ms")] = Field(
         0.002, ge=0, description="how long an open batch waits for more images (seconds); a lone image on an "
@@ -232,6 +233,11 @@ class ReferralSettings(_Group):
         None, min_length=1, description="the model version ood_threshold was measured on (manifest `version`, "
         "e.g. 2.2.0); required with ood_threshold. Start-up fails when the served model has another version, so "
         "a site threshold never carries over to a model upgrade, whose ood_score has another scale")
+
+    @field_validator("ood_threshold_model_version", mode="before")
+    @classmethod
+    def _strip_version(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _threshold_names_its_model(self) -> ReferralSettings:

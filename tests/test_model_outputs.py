@@ -53,19 +53,20 @@ def test_a_wrongly_shaped_extra_output_is_an_inference_error():
 
 
 def test_memory_arena_setting_reaches_onnxruntime_and_changes_no_answer(model_dir):
-    """``ort_cpu_mem_arena`` is onnxruntime's ``enable_cpu_mem_arena`` of the served session; on or off, the
-    same batch gets the same outputs (it changes where intermediate tensors live, not the arithmetic)."""
+    """``DERMSERVE_ORT_CPU_MEM_ARENA`` reaches the served session's ``enable_cpu_mem_arena`` through the service's
+    own start-up path (:func:`service.components.load_model`); on or off, the same batch gets the same outputs
+    (it changes where intermediate tensors live, not the arithmetic)."""
     import numpy as np
 
-    from service.runtime import ModelRuntime
+    from service.components import load_model
     from service.settings import Settings
 
-    assert Settings(_env_file=None, ort_cpu_mem_arena="false").runtime.ort_cpu_mem_arena is False
     runs = {}
-    for arena in (True, False):
-        rt = ModelRuntime(model_dir, ["CPUExecutionProvider"], cpu_mem_arena=arena)
-        assert rt.session.get_session_options().enable_cpu_mem_arena is arena
+    for arena in ("true", "false"):
+        settings = Settings(_env_file=None, model_dir=model_dir, ort_cpu_mem_arena=arena, max_batch_size=2)
+        rt = asyncio.run(load_model(settings))
+        assert rt.session.get_session_options().enable_cpu_mem_arena is (arena == "true")
         spec = rt.spec
         x = np.random.default_rng(0).integers(0, 256, (3, spec.height, spec.width, 3), dtype=np.uint8)
         runs[arena] = rt.predict(x)
-    assert np.allclose(runs[True].probabilities, runs[False].probabilities, atol=1e-6)
+    assert np.allclose(runs["true"].probabilities, runs["false"].probabilities, atol=1e-6)

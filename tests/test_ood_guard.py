@@ -115,8 +115,11 @@ def test_site_threshold_is_pinned_to_the_model_version_it_was_measured_on(model_
     for half in ({"ood_threshold": "1.5"}, {"ood_threshold_model_version": "2.2.0"}):
         with pytest.raises(ValidationError, match="go together"):
             Settings(_env_file=None, **half)
-    with pytest.raises(ValidationError, match="ood_threshold_model_version"):
-        Settings(_env_file=None, ood_threshold="1.5", ood_threshold_model_version="")
+    for blank in ("", "  "):
+        with pytest.raises(ValidationError, match="at least 1 character"):
+            Settings(_env_file=None, ood_threshold="1.5", ood_threshold_model_version=blank)
+    spaced = Settings(_env_file=None, ood_threshold="1.5", ood_threshold_model_version=" 2.2.0 ").referral
+    assert spaced.ood_threshold_model_version == "2.2.0"
     m = _manifest(model_dir, True)
     rule = ReferralRule.resolve(m)
     same = AnswerShaper(m, rule, "CPUExecutionProvider", "flag", 1.5, m.version)

@@ -162,4 +162,5 @@ def test_site_threshold_for_another_model_version_stops_start_up(server_factory)
     code = server.proc.poll()
     assert code is not None, "the server started with a site threshold measured on another model version"
     assert code != 0
-    assert "measured on model version '0.0.1'" in server.log()
+    log = server.log()
+    assert "measured on model version '0.0.1'" in log and '"event": "ood_threshold_version_mismatch"' in log

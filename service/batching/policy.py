@@ -28,7 +28,7 @@ class BatchPolicy:
             ``background_per_batch``; >= 1 so background work never starves).
     """
 
-    max_batch_size: int = 32
+    max_batch_size: int = 8
     max_delay_s: float = 0.002
     background_per_batch: int | None = None
     background_per_batch_busy: int | None = None
