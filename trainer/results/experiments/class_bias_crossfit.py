@@ -6,7 +6,7 @@ On the out-of-fold (OOF) predictions of families cv + cv_b (weights 1/2, 4 flip 
 seven per-class biases are fitted by coordinate ascent (0.05 steps within +-1 of tau = 0.25's offset,
 3 sweeps) to maximise OOF balanced accuracy subject to OOF accuracy >= 0.79 and melanoma sensitivity
 >= 0.61, on one half of the pool's lesions, and scored on the other half against tau = 0.25 alone.
-Six random lesion halves. The test split is not read.
+Six random lesion halves. No figure here uses the test split.
 """
 
 from __future__ import annotations

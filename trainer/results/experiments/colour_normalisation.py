@@ -16,8 +16,8 @@ images barely change and a shifted one is mapped back:
   their geometric mean over the channels (removes the colour cast only, keeps exposure).
 
 Family ``cv`` (4 members; every pool image is held out once, so the rows are out-of-fold figures over the
-7,821 pool images), identity view, arg-max of the raw logits (no tau, no temperature); the test split is
-not read. Shifts as in ``colour_shift.py``. Members run as ONNX (tf2onnx) through onnxruntime for speed.
+7,821 pool images), identity view, arg-max of the raw logits (no tau, no temperature); no figure uses
+the test split. Shifts as in ``colour_shift.py``. Members run as ONNX (tf2onnx) through onnxruntime for speed.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ vector the same way rule 1 does, but under the fixed global colour transforms of
   accuracy of the arg-max and negative log-likelihood (temperature fitted on the *clean* rows and kept
   under the shifts, as a served model would).
 
-The test split is not read.
+No figure here uses the test split (the shared loaders load its committed logits; unused).
 """
 
 from __future__ import annotations
