@@ -109,16 +109,26 @@ def tree_cpu_s(pid: int) -> float:
     return total / tick
 
 
+def status_mb(pid: int | str, key: str = "VmRSS") -> float:
+    """One memory field of ``/proc/<pid>/status`` (``VmRSS``: resident now, ``VmHWM``: its peak) in MiB.
+
+    Raises:
+        OSError: no such process (or not Linux).
+        KeyError: the field is missing.
+    """
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise KeyError(key)
+
+
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory (MB) of ``pid`` and all its descendants, from /proc."""
-    total_kb = 0
+    """Resident memory (MiB, reported as MB) of ``pid`` and all its descendants, from /proc."""
+    total = 0.0
     for p in tree_pids(pid):
         try:
-            with open(f"/proc/{p}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total_kb += int(line.split()[1])
-                        break
-        except OSError:
+            total += status_mb(p)
+        except (OSError, KeyError):
             continue
-    return total_kb / 1024.0
+    return total

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.session_memory [--model-dir models/default] [--no-arena] [--batches 1,8,32,8,1,32]``
 
-Prints the process's ``VmRSS`` and peak ``VmHWM`` (MB, from ``/proc/self/status``) after loading the model and
+Prints the process's ``VmRSS`` and peak ``VmHWM`` (MiB, from ``/proc/self/status``) after loading the model and
 after each batch of random uint8 images. Run it once per setting (a fresh process each, so one setting's
 allocations do not hide another's); it measures memory, not time, so a busy machine does not change it. It
 explains the RSS under load that ``python -m benchmarks`` reports for the served model (benchmarks/RESULTS.md,
@@ -19,13 +19,10 @@ import typer
 
 
 def rss_mb() -> dict[str, int]:
-    """``{"VmRSS": MB, "VmHWM": MB}`` of this process (Linux ``/proc/self/status``)."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            key, value = line.split(":")
-            out[key] = int(value.split()[0]) // 1024
-    return out
+    """``{"VmRSS": MiB, "VmHWM": MiB}`` of this process, rounded down (:func:`benchmarks.processes.status_mb`)."""
+    from benchmarks.processes import status_mb
+
+    return {key: int(status_mb("self", key)) for key in ("VmRSS", "VmHWM")}
 
 
 def main(model_dir: Annotated[Path, typer.Option(help="model directory (manifest.json + model.onnx)")]
@@ -33,7 +30,12 @@ def main(model_dir: Annotated[Path, typer.Option(help="model directory (manifest
          arena: Annotated[bool, typer.Option(help="onnxruntime's enable_cpu_mem_arena")] = True,
          batches: Annotated[str, typer.Option(help="comma-separated batch sizes, run in this order")]
          = "1,8,32,8,1,32") -> None:
-    """Load the model's session (as the service does, see :func:`service.runtime.open_session`) and print RSS."""
+    """Load the model's session (as the service does, see :func:`service.runtime.open_session`) and print its
+    RSS after loading and after each batch of ``(B, H, W, 3)`` uint8 images (B from ``batches``).
+
+    Raises:
+        service.runtime.ModelLoadError: ``model_dir`` cannot be loaded.
+    """
     from service.runtime import ModelRuntime
 
     typer.echo(f"arena {'on' if arena else 'off'}; before loading: {rss_mb()}")
