@@ -156,6 +156,24 @@ def wait_ready(server: ServerProcess, timeout: float = 90.0) -> None:
         pytest.fail(f"service not ready: {exc}:\n{server.log()}")
 
 
+def exit_code_without_ready(server: ServerProcess, timeout: float = 90.0) -> int | None:
+    """Poll until the server process exits, asserting ``/health/ready`` never answers 200 meanwhile.
+
+    Returns:
+        The exit code, or None if it still runs after ``timeout`` seconds.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while server.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            assert httpx.get(server.base_url + "/health/ready", timeout=1.0).status_code != 200
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return server.proc.poll()
+
+
 @pytest.fixture(scope="session")
 def server_factory(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
     """``server_factory(env={...}, model_dir=None, wait=True) -> ServerProcess``; all stopped at session end."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import LIVE_MAX_IMAGES, LIVE_MAX_UPLOAD_BYTES, require
+from conftest import LIVE_MAX_IMAGES, LIVE_MAX_UPLOAD_BYTES, exit_code_without_ready, require
 
 from schemas.api import DISCLAIMER
 from schemas.manifest import HAM10000_CLASSES, MALIGNANT_CLASSES
@@ -452,14 +452,7 @@ def test_model_with_flipped_byte_is_refused(server_factory, model_dir, tmp_path)
     (bad / "model.onnx").write_bytes(bytes(data))
 
     server = server_factory(model=bad, wait=False)
-    deadline = time.monotonic() + 90
-    while server.proc.poll() is None and time.monotonic() < deadline:
-        try:
-            assert httpx.get(server.base_url + "/health/ready", timeout=1.0).status_code != 200
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    code = server.proc.poll()
+    code = exit_code_without_ready(server)
     assert code is not None, "the server kept running with a tampered model"
     assert code != 0
     log = server.log()

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import require
+from tests.conftest import exit_code_without_ready, require
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +152,7 @@ def test_site_threshold_for_another_model_version_stops_start_up(server_factory)
     the process never becomes ready, exits non-zero, and its log names both versions."""
     server = server_factory(env={"DERMSERVE_OOD_THRESHOLD": "1.5", "DERMSERVE_OOD_THRESHOLD_MODEL_VERSION": "0.0.1"},
                             wait=False)
-    deadline = time.monotonic() + 90
-    while server.proc.poll() is None and time.monotonic() < deadline:
-        try:
-            assert httpx.get(server.base_url + "/health/ready", timeout=1.0).status_code != 200
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    code = server.proc.poll()
+    code = exit_code_without_ready(server)
     assert code is not None, "the server started with a site threshold measured on another model version"
     assert code != 0
     log = server.log()
