@@ -423,3 +423,26 @@ def test_efficientnet_lite0_reproduces_the_reference_imagenet_predictions():
         p /= p.sum()
         assert names[str(int(p.argmax()))] == want
         assert abs(float(p.max()) - p_want) < 0.005
+
+
+@needs_tf
+def test_mobilenet_v1_member_loads_its_imagenet_weights():
+    """``arch=mobilenet`` (MobileNet v1 alpha 0.25) builds at 160 px with the shared no-top weights loaded
+    (its first convolution equals the file's), at ~0.43x the multiply-accumulates of the MobileNetV2 alpha 0.5
+    member, and its logits leave the model ``float32 (B, 7)``."""
+    import h5py
+
+    from trainer.families import count_macs
+    from trainer.model import build_model
+
+    h5 = _repo_relative(os.environ.get("DERMSERVE_WEIGHTS_DIR", "../shared/weights")) / "mobilenet_2_5_224_tf_no_top.h5"
+    require(h5.is_file(), f"MobileNet v1 weights not found at {h5} (set DERMSERVE_WEIGHTS_DIR)")
+    model, backbone = build_model("mobilenet", 160, 7, 0.25, h5, 0.2)
+    with h5py.File(h5) as f:
+        kernel = f["conv1/conv1/kernel:0"][()]
+    assert np.array_equal(backbone.get_layer("conv1").get_weights()[0], kernel)
+    assert count_macs(model) == 20_804_992
+    out = model.predict(np.zeros((2, 160, 160, 3), np.float32), verbose=0)
+    assert out.shape == (2, 7) and out.dtype == np.float32
+    with pytest.raises(FileNotFoundError):
+        build_model("mobilenet", 160, 7, 0.25, h5.with_name("missing.h5"), 0.2)

@@ -112,8 +112,8 @@ class TrainConfig(BaseModel):
 
     data_dir: Path = DEFAULT_DATA_DIR
     output_dir: Path = Path("runs/latest")
-    arch: Literal["mobilenetv2", "efficientnet_lite0", "simple_cnn"] = "mobilenetv2"
-    alpha: float = Field(0.5, description="MobileNetV2 width multiplier")
+    arch: Literal["mobilenetv2", "mobilenet", "efficientnet_lite0", "simple_cnn"] = "mobilenetv2"
+    alpha: float = Field(0.5, description="MobileNet (v2, or v1 for arch=mobilenet) width multiplier")
     weights: Path | None = Field(
         DEFAULT_WEIGHTS_DIR / MOBILENETV2_050_WEIGHTS,
         description="ImageNet backbone weights (.h5); None = random init; 'imagenet' not supported offline",

@@ -48,11 +48,13 @@ def build_model(arch: str, image_size: int, n_classes: int, alpha: float = 0.5,
 
     Args:
         arch: ``mobilenetv2`` (Sandler et al., CVPR 2018; ImageNet weights from ``weights``),
+            ``mobilenet`` (MobileNet v1, Howard et al. 2017: depthwise-separable convolutions without
+            residuals or inverted bottlenecks; ``alpha`` 0.25 with ``mobilenet_2_5_224_tf_no_top.h5``),
             ``efficientnet_lite0`` (:mod:`trainer.efficientnet_lite`; weights from the ``.npz`` file) or
             ``simple_cnn`` (four Conv-BN-ReLU-MaxPool blocks, the seeds' baseline shape).
         image_size: input height = width in pixels.
         n_classes: output logits.
-        alpha: MobileNetV2 width multiplier.
+        alpha: MobileNet (v1 or v2) width multiplier.
         weights: path of a Keras Applications no-top ``.h5`` file (``mobilenetv2``) or of
             ``efficientnet_lite0_imagenet.npz`` (``efficientnet_lite0``), or None for random init.
         dropout: dropout rate before the classifier.
@@ -83,6 +85,16 @@ def build_model(arch: str, image_size: int, n_classes: int, alpha: float = 0.5,
             weights=str(weights) if weights is not None else None,
         )
         # MobileNetV2 expects [-1, 1] (keras.applications.mobilenet_v2.preprocess_input).
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
+        x = backbone(x)
+    elif arch == "mobilenet":
+        if weights is not None and not Path(weights).is_file():
+            raise FileNotFoundError(f"backbone weights not found: {weights}")
+        backbone = keras.applications.MobileNet(
+            input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False, pooling="avg",
+            weights=str(weights) if weights is not None else None,
+        )
+        # MobileNet v1 expects [-1, 1] as well (keras.applications.mobilenet.preprocess_input).
         x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
         x = backbone(x)
     elif arch == "efficientnet_lite0":
