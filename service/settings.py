@@ -231,7 +231,7 @@ class ReferralSettings(_Group):
         "Needs ood_threshold_model_version")
     ood_threshold_model_version: Annotated[str | None, Flat("ood_threshold_model_version")] = Field(
         None, min_length=1, description="the model version ood_threshold was measured on (manifest `version`, "
-        "e.g. 2.2.0); required with ood_threshold. Start-up fails when the served model has another version, so "
+        "e.g. 2.3.0); required with ood_threshold. Start-up fails when the served model has another version, so "
         "a site threshold never carries over to a model upgrade, whose ood_score has another scale")
 
     @field_validator("ood_threshold_model_version", mode="before")
