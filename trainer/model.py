@@ -77,24 +77,15 @@ def build_model(arch: str, image_size: int, n_classes: int, alpha: float = 0.5,
         inputs = image
     else:
         raise ValueError(f"unknown colour_constancy {colour_constancy!r}")
-    if arch == "mobilenetv2":
+    if arch in ("mobilenetv2", "mobilenet"):
         if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"backbone weights not found: {weights}")
-        backbone = keras.applications.MobileNetV2(
+        application = keras.applications.MobileNetV2 if arch == "mobilenetv2" else keras.applications.MobileNet
+        backbone = application(
             input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False, pooling="avg",
             weights=str(weights) if weights is not None else None,
         )
-        # MobileNetV2 expects [-1, 1] (keras.applications.mobilenet_v2.preprocess_input).
-        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
-        x = backbone(x)
-    elif arch == "mobilenet":
-        if weights is not None and not Path(weights).is_file():
-            raise FileNotFoundError(f"backbone weights not found: {weights}")
-        backbone = keras.applications.MobileNet(
-            input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False, pooling="avg",
-            weights=str(weights) if weights is not None else None,
-        )
-        # MobileNet v1 expects [-1, 1] as well (keras.applications.mobilenet.preprocess_input).
+        # both expect [-1, 1] (keras.applications.mobilenet_v2 / mobilenet .preprocess_input)
         x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
         x = backbone(x)
     elif arch == "efficientnet_lite0":
