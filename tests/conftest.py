@@ -48,7 +48,7 @@ def _repo_relative(value: str) -> Path:
 def run_module(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     """``python <args>`` from the repository root (TensorFlow quiet, no GPU); fails the test on a non-zero exit."""
     proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+                          check=False, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
 

@@ -35,8 +35,14 @@ def main() -> None:
     Raises:
         ValueError: a family does not hold out every image ``cv192`` holds out.
     """
-    from trainer.ensemble import MAX_GMACS_PER_IMAGE, VIEW_SETS, adjust, balanced_accuracy, choose_tau, \
-        choose_weights_and_views
+    from trainer.ensemble import (
+        MAX_GMACS_PER_IMAGE,
+        VIEW_SETS,
+        adjust,
+        balanced_accuracy,
+        choose_tau,
+        choose_weights_and_views,
+    )
     from trainer.families import load_members, member_macs
 
     full = {n: load_members(RESULTS / n) for n in FAMILIES}
