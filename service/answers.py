@@ -113,16 +113,14 @@ class AnswerShaper:
         ood_policy: ``flag`` or ``reject`` (setting ``ood_policy``).
         ood_threshold: replaces the manifest's ``ood.threshold`` when not None (setting ``ood_threshold``);
             dimensionless, on the scale of the model's ``ood_score`` (a ratio of Mahalanobis distances).
-        ood_threshold_model_version: the model version ``ood_threshold`` was measured on (setting
-            ``ood_threshold_model_version``); None = not checked.
 
     Raises:
-        ValueError: ``ood_threshold`` is not a finite number above 0, or ``ood_threshold_model_version`` is not
-            the manifest's version (a site threshold must not carry over to another model's score scale).
+        ValueError: ``ood_threshold`` is not a finite number above 0. (That a site threshold belongs to the
+            served model version is checked at start-up: :func:`service.components.load_model`.)
     """
 
     def __init__(self, manifest: Manifest, referral: ReferralRule, provider: str, ood_policy: str = "flag",
-                 ood_threshold: float | None = None, ood_threshold_model_version: str | None = None) -> None:
+                 ood_threshold: float | None = None) -> None:
         self.manifest = manifest
         self.referral = referral
         self.provider = provider
@@ -130,10 +128,6 @@ class AnswerShaper:
         self.ood_policy = ood_policy
         if ood_threshold is not None and not (math.isfinite(ood_threshold) and ood_threshold > 0):
             raise ValueError(f"ood_threshold must be a finite number above 0, got {ood_threshold!r}")
-        if ood_threshold_model_version is not None and ood_threshold_model_version != manifest.version:
-            raise ValueError(f"ood_threshold was measured on model version {ood_threshold_model_version!r} but "
-                             f"{manifest.name} {manifest.version} is served: measure the site threshold again on "
-                             "this version's ood_score and set ood_threshold_model_version to it")
         self.ood_threshold_source = "manifest" if ood_threshold is None else "settings"
         #: the threshold in force (None for a model without a guard)
         self.ood_threshold = None if self.ood is None else (self.ood.threshold if ood_threshold is None

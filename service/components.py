@@ -144,8 +144,7 @@ async def build_components(settings: Settings, metrics: Metrics,
         answers = AnswerShaper(m, ReferralRule.resolve(m, settings.referral.malignant_threshold,
                                                        settings.referral.min_top_probability,
                                                        settings.referral.target_sensitivity), runtime.provider,
-                               settings.referral.ood_policy, settings.referral.ood_threshold,
-                               settings.referral.ood_threshold_model_version)
+                               settings.referral.ood_policy, settings.referral.ood_threshold)
         if settings.referral.ood_threshold is not None and m.ood is not None:
             log.warning("out-of-distribution threshold %.4g from DERMSERVE_OOD_THRESHOLD replaces model %s %s's "
                         "%.4g (measured on this version, says DERMSERVE_OOD_THRESHOLD_MODEL_VERSION)",

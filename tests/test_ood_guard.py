@@ -120,13 +120,19 @@ def test_site_threshold_is_pinned_to_the_model_version_it_was_measured_on(model_
             Settings(_env_file=None, ood_threshold="1.5", ood_threshold_model_version=blank)
     spaced = Settings(_env_file=None, ood_threshold="1.5", ood_threshold_model_version=" 2.2.0 ").referral
     assert spaced.ood_threshold_model_version == "2.2.0"
-    m = _manifest(model_dir, True)
-    rule = ReferralRule.resolve(m)
-    same = AnswerShaper(m, rule, "CPUExecutionProvider", "flag", 1.5, m.version)
-    assert same.ood_threshold == 1.5 and same.ood_threshold_source == "settings"
-    with pytest.raises(ValueError, match="measured on model version '0.0.1'") as err:
-        AnswerShaper(m, rule, "CPUExecutionProvider", "flag", 1.5, "0.0.1")
-    assert m.version in str(err.value)
+    import asyncio
+
+    from service.components import load_model
+    from service.runtime import ModelLoadError
+
+    version = _manifest(model_dir, True).version
+    same = Settings(_env_file=None, model_dir=model_dir, max_batch_size=1, ood_threshold="1.5",
+                    ood_threshold_model_version=version)
+    assert asyncio.run(load_model(same)).manifest.version == version
+    other = same.model_copy(update={"referral": same.referral.model_copy(update={"ood_threshold_model_version": "0.0.1"})})
+    with pytest.raises(ModelLoadError, match="measured on model version '0.0.1'") as err:
+        asyncio.run(load_model(other))
+    assert version in str(err.value)
 
 
 def test_referral_target_sensitivity_picks_the_manifest_operating_point(model_dir: Path):
