@@ -58,8 +58,9 @@ async def load_model(settings: Settings) -> ModelRuntime:
 
     Raises:
         ModelLoadError: the directory cannot be served (logged as ``model_load_failed``), or a site
-            out-of-distribution threshold was measured on another model version (``DERMSERVE_OOD_THRESHOLD_MODEL_VERSION``
-            is not the manifest's ``version``; logged as ``ood_threshold_version_mismatch``).
+            out-of-distribution threshold was measured on another model version
+            (``DERMSERVE_OOD_THRESHOLD_MODEL_VERSION`` is not the manifest's ``version``; logged as
+            ``ood_threshold_version_mismatch``).
         Exception: the warm-up inference failed (logged as ``warmup_failed``).
     """
     r = settings.runtime

@@ -129,7 +129,8 @@ def test_site_threshold_is_pinned_to_the_model_version_it_was_measured_on(model_
     same = Settings(_env_file=None, model_dir=model_dir, max_batch_size=1, ood_threshold="1.5",
                     ood_threshold_model_version=version)
     assert asyncio.run(load_model(same)).manifest.version == version
-    other = same.model_copy(update={"referral": same.referral.model_copy(update={"ood_threshold_model_version": "0.0.1"})})
+    other = Settings(_env_file=None, model_dir=model_dir, max_batch_size=1, ood_threshold="1.5",
+                     ood_threshold_model_version="0.0.1")
     with pytest.raises(ModelLoadError, match="measured on model version '0.0.1'") as err:
         asyncio.run(load_model(other))
     assert version in str(err.value)

@@ -92,7 +92,8 @@ def family_views(fam, ids: list[str]) -> dict[str, np.ndarray]:
 
 def view_sets() -> dict[str, list[str]]:
     """Named view sets compared (names of :func:`family_views`)."""
-    sets = {"1: identity": ["flip0"], "2: id + lr": ["flip0", "flip2"], "4: flips (served)": [f"flip{j}" for j in range(4)],
+    sets = {"1: identity": ["flip0"], "2: id + lr": ["flip0", "flip2"],
+            "4: flips (served)": [f"flip{j}" for j in range(4)],
             "8: dihedral": [f"flip{j}" for j in range(4)] + [f"rot{j}" for j in range(4)]}
     for s in ZOOMS:
         sets[f"2: zoom{s} id + lr"] = [f"zoom{s}_0", f"zoom{s}_2"]
