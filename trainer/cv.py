@@ -1,8 +1,9 @@
 """One member of the lesion-grouped k-fold cross-validated ensemble (``python -m trainer.cv``).
 
 A member is trained on k-1 folds of the train + val pool and validated on its held-out fold, which
-chooses its best epoch (balanced accuracy, the ISIC 2018 Task 3 metric). It writes, small enough to
-commit as soon as it exists:
+chooses its best epoch (balanced accuracy, the ISIC 2018 Task 3 metric) -- or, with ``swa_epochs``, only
+watches: the member is then the average of the weights of its last epochs (:mod:`trainer.swa`) and no choice
+touches the held-out fold. It writes, small enough to commit as soon as it exists:
 
 - ``weights.npz``: the model's weights in ``model.get_weights()`` order (``w0000``, ``w0001``, ...;
   ~2.7 MB compressed, against ~9 MB for a ``.keras`` file); :func:`load_member` rebuilds the Keras
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from service.preprocessing import PreprocessSpec
 from trainer.config import REPO_ROOT, TrainConfig, local_config, portable_config
@@ -46,6 +47,19 @@ class MemberConfig(TrainConfig):
     fold_seed: int = Field(2026, description="seed of the fold assignment (same for every member)")
     finetune_epochs: int = 14
     early_stopping_patience: int = 5
+    swa_epochs: int = Field(
+        0, ge=0, description="stochastic weight averaging (trainer.swa): the last N fine-tuning epochs run at the "
+        "constant rate swa_lr_ratio x finetune_lr and the member is the average of the weights visited (BatchNorm "
+        "statistics recomputed); no early stopping and no epoch chosen on the held-out fold. 0 = off: the member "
+        "keeps its best epoch by held-out balanced accuracy")
+    swa_lr_ratio: float = Field(0.1, gt=0, le=1, description="SWA learning rate as a share of finetune_lr")
+    swa_every_steps: int = Field(20, ge=1, description="SWA: average the weights every N training steps")
+
+    @model_validator(mode="after")
+    def _swa_window_fits(self) -> MemberConfig:
+        if self.swa_epochs and self.swa_epochs >= self.finetune_epochs:
+            raise ValueError(f"swa_epochs ({self.swa_epochs}) must be below finetune_epochs ({self.finetune_epochs})")
+        return self
 
 
 def apply_view(images: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -121,7 +135,9 @@ def run_member(cfg: MemberConfig) -> dict:
     import keras
 
     from trainer.model import build_model
-    from trainer.train import BalancedAccuracyCheckpoint, finetune_schedule, prepare_finetune, set_seeds
+    from trainer.swa import WeightAverage, recompute_batchnorm
+    from trainer.train import (BalancedAccuracyCheckpoint, finetune_schedule, predict_logits, prepare_finetune,
+                               set_seeds)
 
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
@@ -140,7 +156,10 @@ def run_member(cfg: MemberConfig) -> dict:
     ds = train_dataset(train, cfg, cfg.seed + cfg.fold, n_classes)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
     history: list[dict] = []
-    cb = BalancedAccuracyCheckpoint(held, 64, cfg.early_stopping_patience, history)
+    swa = cfg.swa_epochs > 0
+    # with SWA the held-out fold is only watched (history), never used to stop or to choose
+    patience = cfg.finetune_epochs + 1 if swa else cfg.early_stopping_patience
+    cb = BalancedAccuracyCheckpoint(held, 64, patience, history)
     if backbone is not None and cfg.head_epochs > 0:
         backbone.trainable = False
         model.compile(optimizer=keras.optimizers.Adam(cfg.head_lr), loss=loss, metrics=["accuracy"])
@@ -148,29 +167,45 @@ def run_member(cfg: MemberConfig) -> dict:
         model.fit(ds, epochs=cfg.head_epochs, class_weight=cw, callbacks=[cb], verbose=0)
     if backbone is not None:
         prepare_finetune(backbone, cfg)
-    schedule = finetune_schedule(cfg, len(train.labels))
+    if swa:
+        schedule = finetune_schedule(cfg, len(train.labels), cfg.finetune_epochs - cfg.swa_epochs, cfg.swa_lr_ratio)
+    else:
+        schedule = finetune_schedule(cfg, len(train.labels))
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
     cb.phase, cb.wait = "finetune", 0
+    averager = WeightAverage(cfg.finetune_epochs - cfg.swa_epochs, cfg.swa_every_steps) if swa else None
     if cfg.finetune_epochs > 0:
-        model.fit(ds, epochs=cfg.finetune_epochs, class_weight=cw, callbacks=[cb], verbose=0)
-    if cb.best_weights is not None:
+        model.fit(ds, epochs=cfg.finetune_epochs, class_weight=cw, callbacks=[cb] + ([averager] if swa else []),
+                  verbose=0)
+    from sklearn.metrics import balanced_accuracy_score
+
+    extra = {}
+    if swa:
+        extra["held_out_balanced_accuracy_last_epoch"] = float(
+            balanced_accuracy_score(held.labels, predict_logits(model, held, 64).argmax(1)))
+        model.set_weights(averager.average())
+        recompute_batchnorm(model, train.images)
+        extra["swa_snapshots"] = averager.count
+        print(f"SWA: {averager.count} snapshots over the last {cfg.swa_epochs} epochs averaged; "
+              "BatchNorm statistics recomputed", flush=True)
+    elif cb.best_weights is not None:
         model.set_weights(cb.best_weights)
+        print(f"best epoch {cb.best_epoch} (held-out balanced accuracy {cb.best:.4f})", flush=True)
     t_train = time.perf_counter() - t0 - t_data
-    print(f"best epoch {cb.best_epoch} (held-out balanced accuracy {cb.best:.4f})", flush=True)
 
     save_weights(model, out / "weights.npz")
     oof = view_logits(model, held.images)
     np.savez_compressed(out / "oof.npz", image_ids=np.array(held.image_ids), labels=held.labels, logits=oof)
     np.savez_compressed(out / "test.npz", image_ids=np.array(test.image_ids), labels=test.labels,
                         logits=view_logits(model, test.images))
-    from sklearn.metrics import balanced_accuracy_score
-
     info = {
         "fold": cfg.fold, "folds": cfg.folds, "fold_seed": cfg.fold_seed,
         "n_train": len(train.labels), "n_held_out": len(held.labels),
-        "best_epoch": cb.best_epoch,
+        # None: the weights are an average (SWA), no epoch was chosen
+        "best_epoch": None if swa else cb.best_epoch,
         "held_out_balanced_accuracy": float(balanced_accuracy_score(held.labels, oof[0].argmax(1))),
         "held_out_balanced_accuracy_tta8": float(balanced_accuracy_score(held.labels, oof.mean(0).argmax(1))),
+        **extra,
         "wall_time_seconds": {"data": round(t_data, 1), "train": round(t_train, 1),
                               "total": round(time.perf_counter() - t0, 1)},
         "config": portable_config(json.loads(cfg.model_dump_json())),

@@ -139,16 +139,21 @@ def prepare_finetune(backbone, cfg: TrainConfig) -> None:
                 layer.momentum = cfg.batchnorm_momentum
 
 
-def finetune_schedule(cfg: TrainConfig, n_train: int):
-    """Cosine learning-rate decay over the fine-tuning epochs with a linear warm-up of
-    ``cfg.warmup_epochs`` from ``finetune_lr / 10`` to ``finetune_lr`` (Loshchilov & Hutter, SGDR, 2017)."""
+def finetune_schedule(cfg: TrainConfig, n_train: int, decay_epochs: int | None = None, final_ratio: float = 0.01):
+    """Cosine learning-rate decay with a linear warm-up of ``cfg.warmup_epochs`` from ``finetune_lr / 10`` to
+    ``finetune_lr`` (Loshchilov & Hutter, SGDR, 2017).
+
+    The decay spans ``decay_epochs`` (default: all ``cfg.finetune_epochs``) and ends at
+    ``final_ratio * finetune_lr``, where the rate then stays (the constant tail of stochastic weight
+    averaging, :mod:`trainer.swa`)."""
     import keras
 
     steps = max(1, int(np.ceil(n_train / cfg.batch_size)))
     warmup = int(cfg.warmup_epochs * steps)
+    epochs = cfg.finetune_epochs if decay_epochs is None else decay_epochs
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=cfg.finetune_lr / 10 if warmup else cfg.finetune_lr,
-        decay_steps=max(steps * max(cfg.finetune_epochs, 1) - warmup, 1), alpha=0.01,
+        decay_steps=max(steps * max(epochs, 1) - warmup, 1), alpha=final_ratio,
         warmup_target=cfg.finetune_lr if warmup else None, warmup_steps=warmup)
 
 
