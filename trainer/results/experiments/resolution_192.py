@@ -1,6 +1,7 @@
 """Experiment (2026-12-07): do members at 192 px beat the 160-px members on the same held-out folds?
 
 ``python trainer/results/experiments/resolution_192.py > trainer/results/experiments/resolution_192.txt``
+(``... resolution_192.py BASE OTHER`` compares any two families trained on the same fold split.)
 
 ``cv192`` is ``cv``'s recipe (MobileNetV2 alpha 0.5, seed 42, the same lesion-grouped 4-fold split, fold seed
 2026) with ``image_size=192`` instead of 160: 1.44x the multiply-accumulates per view. The frozen-feature study
@@ -48,21 +49,38 @@ def fold_row(member: Path) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    """Print one row per shared fold and family, then the mean paired difference (cv192 - cv)."""
-    folds = sorted(p.parent.name for p in (ROOT / "cv192").glob("fold*/oof.npz"))
+def compare(base: str = "cv", other: str = "cv192") -> None:
+    """Print one row per fold both families have, then the mean paired difference (``other - base``).
+
+    Raises:
+        ValueError: no fold in common, or the two families' members of a fold hold out different images (not
+            the same split).
+    """
+    folds = sorted(p.parent.name for p in (ROOT / other).glob("fold*/oof.npz")
+                   if (ROOT / base / p.parent.name / "oof.npz").exists())
+    if not folds:
+        raise ValueError(f"{base} and {other} (under {ROOT}) have no fold in common")
     cols = ["bal_acc_1view", "bal_acc_4views", "bal_acc_8views", "mel_sens_4views", "nll_4views"]
-    print(f"{'fold':<6} {'family':<7} {'n':>5} " + " ".join(f"{c:>16}" for c in cols))
+    width = max(7, len(base), len(other))
+    print(f"{'fold':<6} {'family':<{width}} {'n':>5} " + " ".join(f"{c:>16}" for c in cols))
     diffs = []
     for f in folds:
-        rows = {fam: fold_row(ROOT / fam / f) for fam in ("cv", "cv192")}
+        ids = [set(np.load(ROOT / fam / f / "oof.npz")["image_ids"]) for fam in (base, other)]
+        if ids[0] != ids[1]:
+            raise ValueError(f"{base}/{f} and {other}/{f} hold out different images: not the same split")
+        rows = {fam: fold_row(ROOT / fam / f) for fam in (base, other)}
         for fam, r in rows.items():
-            print(f"{f:<6} {fam:<7} {r['n']:>5} " + " ".join(f"{r[c]:>16.4f}" for c in cols))
-        diffs.append([rows["cv192"][c] - rows["cv"][c] for c in cols])
+            print(f"{f:<6} {fam:<{width}} {r['n']:>5} " + " ".join(f"{r[c]:>16.4f}" for c in cols))
+        diffs.append([rows[other][c] - rows[base][c] for c in cols])
     d = np.array(diffs)
-    print(f"\nmean paired difference cv192 - cv over {len(folds)} fold(s) ({', '.join(folds)}):")
-    print(f"{'':<19} " + " ".join(f"{v:>+16.4f}" for v in d.mean(0)))
+    print(f"\nmean paired difference {other} - {base} over {len(folds)} fold(s) ({', '.join(folds)}):")
+    print(f"{'':<{width + 12}} " + " ".join(f"{v:>+16.4f}" for v in d.mean(0)))
     print("(NLL: lower is better; one seed per fold, and a member's seed alone moves it by several points)")
+
+
+def main() -> None:
+    """``[BASE OTHER]``: two family folders under trainer/results (default: cv cv192)."""
+    compare(*sys.argv[1:3]) if len(sys.argv) == 3 else compare()
 
 
 if __name__ == "__main__":

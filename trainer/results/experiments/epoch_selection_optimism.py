@@ -1,0 +1,68 @@
+"""Experiment (2026-12-07): how optimistic is a member's held-out figure when its own held-out fold chose its epoch?
+
+``python trainer/results/experiments/epoch_selection_optimism.py > trainer/results/experiments/epoch_selection_optimism.txt``
+
+Each committed member (``trainer.cv`` without weight averaging) keeps the fine-tuning epoch with the best
+balanced accuracy on its held-out fold, and that same fold then supplies its out-of-fold (OOF) predictions: a
+selection bias. Every epoch's held-out balanced accuracy (identity view) is in ``history.json``, so the bias can
+be bounded without retraining, against two rules that never look at the member's own fold:
+
+- **last**: the last epoch run (early stopping still looked at the fold, so for members that stopped early this
+  is not fully blind either);
+- **others**: the median best epoch of the *other* members of the same family (capped at the epochs this member
+  ran), i.e. an epoch count fixed from other folds (leave-one-fold-out).
+
+Printed per family: mean held-out balanced accuracy at the chosen epoch, under each blind rule, and the mean
+difference (chosen - blind) = the optimism of one member's figure. This is a member-level bound; the ensemble
+rules score averaged logits (``oof.npz`` keeps only the chosen epoch's), so the ensemble's own optimism cannot
+be read off these files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ("cv", "cv_b", "cv_c", "cv_sog", "cv_sog4", "cv_v1", "cv_sog_v1", "cv192")
+
+
+def finetune_curve(member: Path) -> dict[int, float]:
+    """``{epoch number: held-out balanced accuracy}`` of the fine-tuning epochs in ``history.json``."""
+    rows = json.loads((member / "history.json").read_text())
+    return {r["epoch"]: r["val_balanced_accuracy"] for r in rows if r["phase"] == "finetune"}
+
+
+def main() -> None:
+    """One row per family (members with a chosen epoch only), then the mean over all members."""
+    print(f"{'family':<10} {'members':>7} {'chosen':>8} {'last':>8} {'others':>8} {'chosen-last':>12} "
+          f"{'chosen-others':>14}")
+    all_last, all_others = [], []
+    for fam in FAMILIES:
+        members = sorted(p.parent for p in (ROOT / fam).glob("fold*/member.json"))
+        info = [json.loads((m / "member.json").read_text()) for m in members]
+        if not members or any(i["best_epoch"] is None for i in info):
+            continue
+        curves = [finetune_curve(m) for m in members]
+        chosen, last, others = [], [], []
+        for k, (i, c) in enumerate(zip(info, curves)):
+            chosen.append(c[i["best_epoch"]])
+            last.append(c[max(c)])
+            rest = [j["best_epoch"] for n, j in enumerate(info) if n != k]
+            epoch = min(int(np.median(rest)), max(c)) if rest else max(c)
+            others.append(c[epoch])
+        d_last, d_others = np.subtract(chosen, last), np.subtract(chosen, others)
+        all_last += list(d_last)
+        all_others += list(d_others)
+        print(f"{fam:<10} {len(members):>7} {np.mean(chosen):>8.4f} {np.mean(last):>8.4f} {np.mean(others):>8.4f} "
+              f"{d_last.mean():>+12.4f} {d_others.mean():>+14.4f}")
+    print(f"{'all':<10} {len(all_last):>7} {'':>8} {'':>8} {'':>8} {np.mean(all_last):>+12.4f} "
+          f"{np.mean(all_others):>+14.4f}")
+    print("(balanced accuracy of the identity view on each member's held-out fold; chosen-blind > 0 is the optimism)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
