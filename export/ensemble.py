@@ -269,11 +269,12 @@ def check_parity(models, weights, views, offset, detectors, model_dir: Path, dat
     it (0: every image; see :data:`TOP1_TIE_BAND_FLOAT16`); ``top1_agreement`` reports all images either way.
 
     Raises:
-        ExportError: probabilities differ by > 0.01, top-1 agreement (outside the tie band) < 99.5 %, OOD scores
-            differ by more than ``max_ood_rel_diff`` (relative) or OOD flags agree on < 99.5 %, or no test images.
+        ExportError: probabilities differ by > 0.01, top-1 agreement (outside the tie band) < 99.5 % or no
+            image outside the band, OOD scores differ by more than ``max_ood_rel_diff`` (relative) or OOD flags
+            agree on < 99.5 %, or no test images.
     """
     from export.errors import ExportError
-    from export.parity import MAX_ABS_DIFF, MIN_TOP1_AGREEMENT
+    from export.parity import MAX_ABS_DIFF, MIN_TOP1_AGREEMENT, top1_agreement
     from service.preprocessing import preprocess_bytes
     from service.runtime import ModelRuntime
     from trainer.data import read_labels, select_rows
@@ -290,26 +291,24 @@ def check_parity(models, weights, views, offset, detectors, model_dir: Path, dat
     p_onnx = np.concatenate([o.probabilities for o in outs])
     ood_onnx = np.concatenate([o.extras[OOD_OUTPUT] for o in outs])
     max_diff = float(np.abs(p_keras - p_onnx).max())
-    same_top = p_keras.argmax(1) == p_onnx.argmax(1)
-    agree = float(same_top.mean())
-    top2 = np.sort(p_keras, axis=1)[:, -2:]
-    decided = (top2[:, 1] - top2[:, 0]) > top1_tie_band
-    agree_decided = float(same_top[decided].mean()) if decided.any() else 1.0
+    agree, _ = top1_agreement(p_keras, p_onnx)
+    agree_decided, in_band = top1_agreement(p_keras, p_onnx, top1_tie_band)
     ood_rel = float((np.abs(ood_keras - ood_onnx) / np.maximum(1.0, np.abs(ood_keras))).max())
     # flags are compared outside the tolerance band around the threshold (a score within
     # max_ood_rel_diff of 1.0 may legitimately land on either side)
     clear = np.abs(ood_keras - 1.0) > max_ood_rel_diff * np.maximum(1.0, np.abs(ood_keras))
     flag_agree = float(((ood_keras > 1.0) == (ood_onnx > 1.0))[clear].mean()) if clear.any() else 1.0
     result = {"images": len(rows), "max_abs_diff": max_diff, "top1_agreement": agree,
-              "top1_tie_band": top1_tie_band, "images_in_top1_tie_band": int((~decided).sum()),
+              "top1_tie_band": top1_tie_band, "images_in_top1_tie_band": in_band,
               "top1_agreement_outside_tie_band": agree_decided,
               "ood_max_rel_diff": ood_rel, "ood_flag_agreement": flag_agree,
               "thresholds": {"max_abs_diff": MAX_ABS_DIFF, "min_top1_agreement": MIN_TOP1_AGREEMENT,
                              "ood_max_rel_diff": max_ood_rel_diff, "min_ood_flag_agreement": MIN_TOP1_AGREEMENT}}
     print(f"ensemble parity on {len(rows)} test images: max |p_keras - p_onnx| = {max_diff:.2e}, top-1 agreement "
-          f"{agree:.4f} ({agree_decided:.4f} outside a tie band of {top1_tie_band:g}, {int((~decided).sum())} images "
+          f"{agree:.4f} ({agree_decided:.4f} outside a tie band of {top1_tie_band:g}, {in_band} images "
           f"in it), OOD max rel diff {ood_rel:.2e}", flush=True)
-    if (max_diff > MAX_ABS_DIFF or agree_decided < MIN_TOP1_AGREEMENT or ood_rel > max_ood_rel_diff
+    # "not >=" also fails a NaN agreement: every image inside the tie band, nothing compared
+    if (max_diff > MAX_ABS_DIFF or not agree_decided >= MIN_TOP1_AGREEMENT or ood_rel > max_ood_rel_diff
             or flag_agree < MIN_TOP1_AGREEMENT):
         raise ExportError(f"parity check failed on {len(rows)} images: {result}; nothing written")
     return result

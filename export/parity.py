@@ -20,6 +20,27 @@ MAX_ABS_DIFF = 0.01
 MIN_TOP1_AGREEMENT = 0.995
 
 
+def top1_agreement(p_ref: np.ndarray, p_new: np.ndarray, tie_band: float = 0.0) -> tuple[float, int]:
+    """Share of images whose top class is the same in both, among those the reference decides clearly.
+
+    Args:
+        p_ref: reference probabilities ``float (N, K)`` (Keras).
+        p_new: probabilities to check ``float (N, K)`` (ONNX).
+        tie_band: images whose reference top-two margin is at most this are left out (0: every image):
+            a difference inside the probability tolerance may swap such a near-tie without any error.
+
+    Returns:
+        ``(agreement, images in the band)``; agreement is NaN when every image lies in the band (nothing was
+        compared, so a check on it must fail rather than pass).
+    """
+    same = p_ref.argmax(1) == p_new.argmax(1)
+    if tie_band <= 0:
+        return float(same.mean()) if len(same) else float("nan"), 0
+    top2 = np.sort(p_ref, axis=1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > tie_band
+    return (float(same[decided].mean()) if decided.any() else float("nan")), int((~decided).sum())
+
+
 def check_parity(keras_path: Path, model_dir: Path, data_dir: Path, n_images: int) -> dict:
     """Compare probabilities on up to ``n_images`` test-split images (all of them if fewer exist).
 

@@ -47,30 +47,38 @@ def test_weight_average_samples_every_n_steps_from_its_start_epoch():
 @needs_tf
 def test_recompute_batchnorm_gives_the_mean_of_the_batch_statistics():
     """After the pass, moving mean = mean of the per-batch means and moving variance = mean of the per-batch
-    variances (torch.optim.swa_utils.update_bn's cumulative average), whatever the stale values were; a last
-    partial batch is left out and the layers' momentum is restored."""
+    (biased) variances, whatever the stale values were; batches follow the seeded order, a last partial batch is
+    left out, the layers' momentum is restored and a frozen BatchNorm layer is neither counted nor changed."""
     import keras
 
     from trainer.swa import batchnorm_layers, recompute_batchnorm
 
     inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.9)])
-    model = keras.Sequential([keras.Input((3,)), inner, keras.layers.Dense(2)])
+    frozen = keras.layers.BatchNormalization()
+    model = keras.Sequential([keras.Input((3,)), inner, frozen, keras.layers.Dense(2)])
+    frozen.trainable = False
     bn = next(batchnorm_layers(model))
     bn.moving_mean.assign(np.full(3, 50.0, np.float32))
     bn.moving_variance.assign(np.full(3, 9.0, np.float32))
     x = np.random.default_rng(1).normal(2.0, 3.0, size=(70, 3)).astype(np.float32)
-    assert recompute_batchnorm(model, x, batch_size=16) == 1
-    batches = [x[i:i + 16] for i in range(0, 64, 16)]   # the 6 images of a last partial batch are left out
+    assert recompute_batchnorm(model, x, batch_size=16, seed=5) == 1
+    order = np.random.default_rng(5).permutation(70)
+    batches = [x[np.sort(order[i:i + 16])] for i in range(0, 64, 16)]   # a last partial batch of 6 is left out
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], 0), rtol=1e-4)
     np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b.var(0) for b in batches], 0), rtol=1e-3)
     assert bn.momentum == 0.9
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(3))
+    with pytest.raises(ValueError, match="no images"):
+        recompute_batchnorm(model, x[:0])
 
 
-def test_swa_window_must_leave_epochs_before_it():
+def test_swa_window_must_leave_room_for_warmup_and_decay():
     from pydantic import ValidationError
 
     from trainer.cv import MemberConfig
 
     assert MemberConfig(finetune_epochs=14, swa_epochs=5).swa_epochs == 5
-    with pytest.raises(ValidationError, match="swa_epochs"):
-        MemberConfig(finetune_epochs=3, swa_epochs=3)
+    assert MemberConfig(finetune_epochs=2, swa_epochs=1, warmup_epochs=0.5).swa_epochs == 1
+    for bad in ({"finetune_epochs": 3, "swa_epochs": 3}, {"finetune_epochs": 3, "swa_epochs": 2, "warmup_epochs": 1}):
+        with pytest.raises(ValidationError, match="swa_epochs"):
+            MemberConfig(**bad)

@@ -57,8 +57,9 @@ class MemberConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _swa_window_fits(self) -> MemberConfig:
-        if self.swa_epochs and self.swa_epochs >= self.finetune_epochs:
-            raise ValueError(f"swa_epochs ({self.swa_epochs}) must be below finetune_epochs ({self.finetune_epochs})")
+        if self.swa_epochs and self.swa_epochs + self.warmup_epochs >= self.finetune_epochs:
+            raise ValueError(f"swa_epochs ({self.swa_epochs}) + warmup_epochs ({self.warmup_epochs}) must be below "
+                             f"finetune_epochs ({self.finetune_epochs}): the decay comes between them")
         return self
 
 
@@ -136,8 +137,7 @@ def run_member(cfg: MemberConfig) -> dict:
 
     from trainer.model import build_model
     from trainer.swa import WeightAverage, recompute_batchnorm
-    from trainer.train import (BalancedAccuracyCheckpoint, finetune_schedule, predict_logits, prepare_finetune,
-                               set_seeds)
+    from trainer.train import BalancedAccuracyCheckpoint, finetune_schedule, prepare_finetune, set_seeds
 
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
@@ -181,10 +181,9 @@ def run_member(cfg: MemberConfig) -> dict:
 
     extra = {}
     if swa:
-        extra["held_out_balanced_accuracy_last_epoch"] = float(
-            balanced_accuracy_score(held.labels, predict_logits(model, held, 64).argmax(1)))
+        extra["held_out_balanced_accuracy_last_epoch"] = history[-1]["val_balanced_accuracy"]
         model.set_weights(averager.average())
-        recompute_batchnorm(model, train.images)
+        recompute_batchnorm(model, train.images, seed=cfg.seed + cfg.fold)
         extra["swa_snapshots"] = averager.count
         print(f"SWA: {averager.count} snapshots over the last {cfg.swa_epochs} epochs averaged; "
               "BatchNorm statistics recomputed", flush=True)

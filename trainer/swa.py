@@ -72,34 +72,45 @@ def batchnorm_layers(layer) -> Iterator:
             yield from batchnorm_layers(sub)
 
 
-def recompute_batchnorm(model, images: np.ndarray, batch_size: int = 64) -> int:
-    """Replace every BatchNorm layer's moving mean and variance by the average of its batch statistics
-    over ``images`` (one pass, training mode), as PyTorch's ``torch.optim.swa_utils.update_bn`` does.
+def recompute_batchnorm(model, images: np.ndarray, batch_size: int = 64, seed: int = 0) -> int:
+    """Replace every trainable BatchNorm layer's moving mean and variance by the average of its batch statistics
+    over ``images`` (one pass in a seeded random order, training mode), like PyTorch's
+    ``torch.optim.swa_utils.update_bn`` (which averages the unbiased batch variance; Keras' is the biased one).
 
     The cumulative average comes from setting each layer's momentum to ``i / (i + 1)`` before batch ``i``.
-    Dropout is active during the pass but sits after global pooling, so the statistics do not see it.
+    Frozen BatchNorm layers (``freeze_batchnorm``, a frozen prefix) are left alone: Keras does not update them
+    in training mode, and their statistics never changed. Dropout is active during the pass but sits after
+    global pooling, so the statistics do not see it.
 
     Args:
         model: a Keras model (logits output) whose weights were just averaged.
         images: ``(N, S, S, 3)`` in 0..255 (any numeric dtype): the member's training images, unaugmented.
         batch_size: images per forward pass; a last partial batch is left out (its statistics are noisier)
             unless it is the only one.
+        seed: seed of the order in which images are batched.
 
     Returns:
-        The number of BatchNorm layers updated (0 for a model without BatchNorm).
+        The number of BatchNorm layers updated (0 for a model without trainable BatchNorm).
+
+    Raises:
+        ValueError: ``images`` is empty (the statistics would become NaN).
     """
     import tensorflow as tf
 
-    layers = list(batchnorm_layers(model))
+    if len(images) == 0:
+        raise ValueError("no images to recompute the BatchNorm statistics on")
+    layers = [layer for layer in batchnorm_layers(model) if layer.trainable]
     if not layers:
         return 0
     saved = [layer.momentum for layer in layers]
+    order = np.random.default_rng(seed).permutation(len(images))
     try:
         starts = range(0, max(len(images) - batch_size, 0) + 1, batch_size)
         for i, start in enumerate(starts):
             for layer in layers:
                 layer.momentum = i / (i + 1)
-            model(tf.convert_to_tensor(images[start:start + batch_size], tf.float32), training=True)
+            batch = images[np.sort(order[start:start + batch_size])]
+            model(tf.convert_to_tensor(batch, tf.float32), training=True)
     finally:
         for layer, momentum in zip(layers, saved):
             layer.momentum = momentum

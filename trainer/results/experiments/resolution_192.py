@@ -80,7 +80,9 @@ def compare(base: str = "cv", other: str = "cv192") -> None:
 
 def main() -> None:
     """``[BASE OTHER]``: two family folders under trainer/results (default: cv cv192)."""
-    compare(*sys.argv[1:3]) if len(sys.argv) == 3 else compare()
+    if len(sys.argv) not in (1, 3):
+        raise SystemExit(f"usage: {Path(sys.argv[0]).name} [BASE OTHER]  (two family folders under {ROOT})")
+    compare(*sys.argv[1:3])
 
 
 if __name__ == "__main__":
