@@ -59,8 +59,9 @@ MAX_OOD_REL_DIFF_FLOAT16 = 2e-2
 #: images there). A conversion error within the 0.01 probability tolerance that flips clearer decisions still fails.
 #: Float32 exports compare every image.
 TOP1_TIE_BAND_FLOAT16 = 2e-3
-#: The model issue's budget for the served model file, in bytes (10^6 per MB; the manifest and reports
-#: add < 0.2 MB). Over it the export stops and names ``--float16-weights``.
+#: The model issue's budget for the model directory, in bytes (10^6 per MB): checked for the ONNX file alone
+#: before the parity check and for the whole directory (file + manifest + REPORT.md) before it is moved into
+#: place. Over it the export stops and names ``--float16-weights``.
 MAX_MODEL_BYTES = 50_000_000
 
 OOD_DESCRIPTION = (
@@ -165,7 +166,8 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
     float32), for ensembles whose float32 file would break the 50 MB model budget.
 
     Raises:
-        ExportError: ``output_dir`` exists without ``force``, the model file is over :data:`MAX_MODEL_BYTES`,
+        ExportError: ``output_dir`` exists without ``force``, the model file or the directory is over
+            :data:`MAX_MODEL_BYTES`,
             or a parity check failed (nothing written).
     """
     from export.errors import ExportError
@@ -244,9 +246,15 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
                               TOP1_TIE_BAND_FLOAT16 if float16_weights else 0.0)
         manifest.export = tool_versions(OPSET) | {"parity": parity, "storage": storage}
         (tmp / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-        for f in ("REPORT.md", "report.json"):
-            if (ensemble_dir / f).exists():
-                shutil.copy2(ensemble_dir / f, tmp / f)
+        # the human-readable report travels with the model; report.json (its machine-readable source, 0.5 MB
+        # with the full weights x views grid) stays in the ensemble directory: the manifest carries its test
+        # metrics, intervals and CV table
+        if (ensemble_dir / "REPORT.md").exists():
+            shutil.copy2(ensemble_dir / "REPORT.md", tmp / "REPORT.md")
+        if (total := sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())) > MAX_MODEL_BYTES:
+            raise ExportError(f"the model directory would hold {total / 1e6:.2f} MB, over the "
+                              f"{MAX_MODEL_BYTES / 1e6:g} MB budget" + ("" if float16_weights else
+                              "; --float16-weights halves the convolution weights"))
     log.info("wrote %s (sha256 %s)", output_dir, manifest.sha256)
     return manifest
 
