@@ -57,3 +57,42 @@ def test_test_metrics_carry_bootstrap_intervals(model_dir: Path):
         assert ci["resamples"] >= 1000 and ci["level"] == 0.95, name
         assert ci["low"] <= ci["estimate"] <= ci["high"], name
     assert m["metrics"]["split"] == "test"
+
+
+def test_served_file_reproduces_the_reported_test_figures(model_dir: Path, ham_dir: Path):
+    """The whole test split through the service's own path (file bytes -> preprocessing -> onnxruntime ->
+    referral rule -> OOD threshold, :mod:`export.evaluate`) gives the figures the manifest reports, which the
+    trainer computed from the Keras members' logits: a float16 re-export, a changed resize or a wrong threshold
+    in the manifest would show here. Allowed: up to two images decided differently (float rounding near a
+    threshold or a near-tie), i.e. 2/n of a share; AUCs within 0.002."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from export.evaluate import evaluate_model_dir
+
+    m = _manifest(model_dir)
+    if not m.get("metrics", {}).get("test"):
+        pytest.skip(f"{model_dir} records no test-split metrics")
+    r = evaluate_model_dir(model_dir, ham_dir, "test")
+    rec, got, n = r["manifest_metrics"], r["metrics"], r["n"]
+    assert n == rec["n"]
+    # the evaluator's bookkeeping, recomputed from its per-image answers
+    codes = [c["code"] for c in m["classes"]]
+    probs = r["per_image"]["probabilities"]
+    pred = [codes[max(range(len(row)), key=row.__getitem__)] for row in probs]
+    assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(r["per_image"]["labels"], pred))
+    threshold = m["referral"]["malignant_probability_threshold"]
+    malignant = [sum(p for c, p in zip(codes, row) if c in m["referral"]["malignant_classes"]) for row in probs]
+    flips = sum((s >= threshold) != ref for s, ref in zip(malignant, r["per_image"]["referred"]))
+    assert flips <= 1  # rounding to 1e-6 in per_image; min_top_probability is 0 in the bundled manifest
+    # as served vs as reported
+    assert abs(got["accuracy"] - rec["accuracy"]) <= 2 / n + 1e-9
+    n_mel = got["per_class"]["mel"]["support"]
+    assert abs(got["melanoma_sensitivity"] - rec["melanoma_sensitivity"]) <= 2 / n_mel + 1e-9
+    assert abs(got["balanced_accuracy"] - rec["balanced_accuracy"]) <= 0.01
+    for key in ("macro_roc_auc_ovr", "malignant_vs_benign_roc_auc"):
+        assert abs(got[key] - rec[key]) <= 0.002, key
+    ref = r["referral"]
+    assert abs(ref["malignant_referred"] - round(rec["referral_sensitivity"] * ref["malignant"])) <= 2
+    assert abs(ref["benign"] - ref["benign_referred"] - round(rec["referral_specificity"] * ref["benign"])) <= 2
+    if r["ood"] is not None and "ood_flagged_share" in rec:
+        assert abs(r["ood"]["flagged"] - round(rec["ood_flagged_share"] * n)) <= 2

@@ -1,0 +1,158 @@
+"""Score a model directory *as served* on a labelled split: ``python -m export.evaluate``.
+
+The trainer's report scores the Keras members' committed logits; the service runs ``model.onnx``. The two
+differ by the export's rounding (with ``--float16-weights``, up to ~2e-3 in a probability), which can move an
+image across the referral threshold or swap a near-tie. This module closes that gap: every image of a split goes
+through the service's own path — file bytes, :func:`service.preprocessing.preprocess_bytes`, one
+:class:`service.runtime.ModelRuntime` call per batch — and the answers are scored with the trainer's metric
+functions (:func:`trainer.metrics.classification_metrics`), the service's referral rule
+(:meth:`service.answers.ReferralRule.decide` with the manifest's thresholds) and the manifest's OOD threshold
+(flagged when ``ood_score > threshold``, as :meth:`service.answers.AnswerShaper.ood_flag`).
+
+It prints each figure next to the one the manifest records for the same split (``metrics.test``), so a served
+file whose behaviour drifted from its report shows. It chooses nothing; with the test split it is reporting only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+#: Figures compared with the manifest's ``metrics.test`` (name in :func:`trainer.metrics.classification_metrics`).
+COMPARED = ("accuracy", "balanced_accuracy", "macro_roc_auc_ovr", "melanoma_sensitivity",
+            "malignant_vs_benign_roc_auc", "ece_15")
+
+
+def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", batch_size: int = 32,
+                       limit: int | None = None) -> dict:
+    """Run every image of ``split`` through the served model and score the answers.
+
+    Args:
+        model_dir: a model directory (``manifest.json`` + its ONNX file), loaded by
+            :class:`service.runtime.ModelRuntime` (sha256 checked).
+        data_dir: a dataset laid out like ``../shared/data/ham10000`` (``labels.csv`` + ``images/``).
+        split: ``train``, ``val`` or ``test`` (the ``split`` column of ``labels.csv``).
+        batch_size: images per runtime call (answers do not depend on it beyond float rounding).
+        limit: score a seeded class-stratified subset of at most this many images (None: all).
+
+    Returns:
+        ``{"model", "version", "split", "n", "metrics", "referral", "ood", "per_image", "manifest_metrics"}``:
+        ``metrics`` from :func:`trainer.metrics.classification_metrics` (probabilities after the manifest's
+        temperature); ``referral`` ``{"threshold", "sensitivity", "specificity", "referred", "malignant",
+        "malignant_referred", "benign_referred", "benign"}`` (counts are images); ``ood`` ``{"threshold", "flagged",
+        "flagged_share"}`` or None for a model without a guard; ``per_image`` lists in row order (``image_ids``,
+        ``labels`` as class codes, ``probabilities`` ``(N, K)`` rounded to 1e-6, ``referred``, ``ood_scores`` or
+        None); ``manifest_metrics`` the figures the manifest records for this split
+        (:func:`_recorded`; None when it records none or another split).
+
+    Raises:
+        service.runtime.ModelLoadError: the model directory does not load.
+        FileNotFoundError: no ``labels.csv`` in ``data_dir``, or an image file is missing.
+        ValueError: the split has no images.
+    """
+    from service.answers import ReferralRule
+    from service.preprocessing import preprocess_bytes
+    from service.runtime import ModelRuntime
+    from trainer.data import read_labels, select_rows
+    from trainer.metrics import classification_metrics, is_malignant, sensitivity_specificity
+
+    runtime = ModelRuntime(Path(model_dir), providers=["CPUExecutionProvider"])
+    m = runtime.manifest
+    codes = runtime.class_codes
+    rows = select_rows(read_labels(Path(data_dir)), split, limit, 0)
+    if not rows:
+        raise ValueError(f"no {split!r} images in {data_dir}")
+    y = np.array([codes.index(r["label"]) for r in rows])
+    probs, ood = [], []
+    ood_name = m.ood.output if m.ood is not None else None
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = np.stack([preprocess_bytes((Path(data_dir) / r["filename"]).read_bytes(), runtime.spec)
+                          for r in chunk])
+        out = runtime.predict(batch)
+        probs.append(out.probabilities)
+        if ood_name is not None and ood_name in out.extras:
+            ood.append(out.extras[ood_name])
+    p = np.concatenate(probs).astype(np.float64)
+
+    rule = ReferralRule.resolve(m)
+    referred = np.array([rule.decide(dict(zip(codes, map(float, row))))[1] for row in p])
+    malignant = is_malignant(y, codes)
+    sens, spec = sensitivity_specificity(referred, malignant)
+    result = {
+        "model": m.name, "version": m.version, "split": split, "n": len(rows),
+        "metrics": classification_metrics(y, p, codes),
+        "referral": {"threshold": rule.malignant_threshold, "sensitivity": sens, "specificity": spec,
+                     "referred": int(referred.sum()), "malignant": int(malignant.sum()),
+                     "malignant_referred": int((referred & malignant).sum()),
+                     "benign_referred": int((referred & ~malignant).sum()), "benign": int((~malignant).sum())},
+        "ood": None,
+        "per_image": {"image_ids": [r["image_id"] for r in rows], "labels": [codes[i] for i in y],
+                      "probabilities": p.round(6).tolist(), "referred": referred.tolist(), "ood_scores": None},
+        "manifest_metrics": _recorded(m.metrics) if split == m.metrics.get("split", "test") else None,
+    }
+    if ood:
+        scores = np.concatenate(ood)
+        flagged = scores > m.ood.threshold
+        result["ood"] = {"threshold": m.ood.threshold, "flagged": int(flagged.sum()),
+                         "flagged_share": float(flagged.mean())}
+        result["per_image"]["ood_scores"] = scores.round(6).tolist()
+    return result
+
+
+def _recorded(metrics: dict) -> dict | None:
+    """The manifest's test-split figures flattened to :data:`COMPARED` names plus ``referral_sensitivity``,
+    ``referral_specificity`` and ``ood_flagged_share`` (None when the manifest has no ``metrics.test``)."""
+    if not metrics.get("test"):
+        return None
+    rec = dict(metrics["test"])
+    intervals = metrics.get("confidence_intervals") or {}
+    for key in ("referral_sensitivity", "referral_specificity", "ood_flagged_share"):
+        if key in intervals:
+            rec[key] = intervals[key]["estimate"]
+    return rec
+
+
+def format_table(result: dict) -> str:
+    """Markdown table: each figure as served next to the manifest's (the trainer's report of the same split)."""
+    rec = result["manifest_metrics"] or {}
+    lines = [f"# {result['model']} {result['version']} as served, {result['split']} split ({result['n']} images)", "",
+             "| metric | served model.onnx | manifest (trainer report) |", "|---|---:|---:|"]
+    for key in COMPARED:
+        got = result["metrics"].get(key)
+        want = rec.get(key)
+        lines.append(f"| {key} | {'' if got is None else f'{got:.4f}'} | {'' if want is None else f'{want:.4f}'} |")
+    r = result["referral"]
+    nan = float("nan")
+    lines.append(f"| referral sensitivity ({r['malignant_referred']}/{r['malignant']}) | {r['sensitivity']:.4f} | "
+                 f"{rec.get('referral_sensitivity', nan):.4f} |")
+    lines.append(f"| referral specificity ({r['benign_referred']}/{r['benign']} benign referred) | "
+                 f"{r['specificity']:.4f} | {rec.get('referral_specificity', nan):.4f} |")
+    if result["ood"] is not None:
+        lines.append(f"| OOD-flagged share ({result['ood']['flagged']}) | {result['ood']['flagged_share']:.4f} | "
+                     f"{rec.get('ood_flagged_share', nan):.4f} |")
+    per_class = result["metrics"]["per_class"]
+    lines += ["", "Per-class recall as served: " + ", ".join(f"{c} {v['recall']:.2f}" for c, v in per_class.items())]
+    return "\n".join(lines)
+
+
+def main(model_dir: Path = typer.Option(Path("models/default"), help="model directory to score"),  # noqa: B008
+         data_dir: Path = typer.Option(None, help="dataset folder (default: env DERMSERVE_DATA_DIR, else "  # noqa: B008
+                                                   "../shared/data/ham10000 beside the repository)"),
+         split: str = typer.Option("test", help="train, val or test"),
+         limit: int = typer.Option(None, help="score a class-stratified subset of at most this many images"),
+         out: Path = typer.Option(None, help="also write the full result as JSON here")) -> None:  # noqa: B008
+    """Score the served model file on a labelled split and print it beside the manifest's figures."""
+    from trainer.config import DEFAULT_DATA_DIR
+
+    result = evaluate_model_dir(model_dir, data_dir or DEFAULT_DATA_DIR, split, limit=limit)
+    print(format_table(result))
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    typer.run(main)
