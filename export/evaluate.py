@@ -7,7 +7,9 @@ through the service's own path — file bytes, :func:`service.preprocessing.prep
 :class:`service.runtime.ModelRuntime` call per batch — and the answers are scored with the trainer's metric
 functions (:func:`trainer.metrics.classification_metrics`), the service's referral rule
 (:meth:`service.answers.ReferralRule.decide` with the manifest's thresholds) and the manifest's OOD threshold
-(flagged when ``ood_score > threshold``, as :meth:`service.answers.AnswerShaper.ood_flag`).
+(flagged when ``ood_score > threshold``, as :meth:`service.answers.AnswerShaper.ood_flag`). The referral figures
+compared with the manifest are the probability rule's alone, as the trainer reports them; the service also refers
+every image it flags out-of-distribution, and that figure is reported beside them (``referral.served_*``).
 
 It prints each figure next to the one the manifest records for the same split (``metrics.test``), so a served
 file whose behaviour drifted from its report shows. It chooses nothing; with the test split it is reporting only.
@@ -36,22 +38,25 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
         data_dir: a dataset laid out like ``../shared/data/ham10000`` (``labels.csv`` + ``images/``).
         split: ``train``, ``val`` or ``test`` (the ``split`` column of ``labels.csv``).
         batch_size: images per runtime call (answers do not depend on it beyond float rounding).
-        limit: score a seeded class-stratified subset of at most this many images (None: all).
+        limit: score a seeded class-stratified subset of at most this many images (None: all); a subset's figures
+            are not comparable with the manifest's, so ``manifest_metrics`` is then None.
 
     Returns:
-        ``{"model", "version", "split", "n", "metrics", "referral", "ood", "per_image", "manifest_metrics"}``:
+        ``{"model", "version", "model_file", "split", "n", "metrics", "referral", "ood", "per_image", "manifest_metrics"}``:
         ``metrics`` from :func:`trainer.metrics.classification_metrics` (probabilities after the manifest's
         temperature); ``referral`` ``{"threshold", "sensitivity", "specificity", "referred", "malignant",
-        "malignant_referred", "benign_referred", "benign"}`` (counts are images); ``ood`` ``{"threshold", "flagged",
+        "malignant_referred", "benign_referred", "benign", "served_sensitivity", "served_specificity",
+        "served_referred"}`` (counts are images; ``served_*`` with the out-of-distribution referrals); ``ood`` ``{"threshold", "flagged",
         "flagged_share"}`` or None for a model without a guard; ``per_image`` lists in row order (``image_ids``,
         ``labels`` as class codes, ``probabilities`` ``(N, K)`` rounded to 1e-6, ``referred``, ``ood_scores`` or
         None); ``manifest_metrics`` the figures the manifest records for this split
-        (:func:`_recorded`; None when it records none or another split).
+        (:func:`_recorded`; None when it records none, another split, or ``limit`` is set).
 
     Raises:
         service.runtime.ModelLoadError: the model directory does not load.
         FileNotFoundError: no ``labels.csv`` in ``data_dir``, or an image file is missing.
-        ValueError: the split has no images.
+        service.preprocessing.ImageDecodeError: an image file does not decode.
+        ValueError: the split has no images, or a label is not one of the model's classes.
     """
     from service.answers import ReferralRule
     from service.preprocessing import preprocess_bytes
@@ -65,6 +70,9 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
     rows = select_rows(read_labels(Path(data_dir)), split, limit, 0)
     if not rows:
         raise ValueError(f"no {split!r} images in {data_dir}")
+    unknown = sorted({r["label"] for r in rows} - set(codes))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not classes of model {m.name} {m.version}")
     y = np.array([codes.index(r["label"]) for r in rows])
     probs, ood = [], []
     ood_name = m.ood.output if m.ood is not None else None
@@ -83,7 +91,7 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
     malignant = is_malignant(y, codes)
     sens, spec = sensitivity_specificity(referred, malignant)
     result = {
-        "model": m.name, "version": m.version, "split": split, "n": len(rows),
+        "model": m.name, "version": m.version, "model_file": m.model_file, "split": split, "n": len(rows),
         "metrics": classification_metrics(y, p, codes),
         "referral": {"threshold": rule.malignant_threshold, "sensitivity": sens, "specificity": spec,
                      "referred": int(referred.sum()), "malignant": int(malignant.sum()),
@@ -92,7 +100,8 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
         "ood": None,
         "per_image": {"image_ids": [r["image_id"] for r in rows], "labels": [codes[i] for i in y],
                       "probabilities": p.round(6).tolist(), "referred": referred.tolist(), "ood_scores": None},
-        "manifest_metrics": _recorded(m.metrics) if split == m.metrics.get("split", "test") else None,
+        "manifest_metrics": (_recorded(m.metrics) if limit is None and split == m.metrics.get("split", "test")
+                             else None),
     }
     if ood:
         scores = np.concatenate(ood)
@@ -100,6 +109,12 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
         result["ood"] = {"threshold": m.ood.threshold, "flagged": int(flagged.sum()),
                          "flagged_share": float(flagged.mean())}
         result["per_image"]["ood_scores"] = scores.round(6).tolist()
+        served = referred | flagged
+    else:
+        served = referred
+    served_sens, served_spec = sensitivity_specificity(served, malignant)
+    result["referral"] |= {"served_sensitivity": served_sens, "served_specificity": served_spec,
+                           "served_referred": int(served.sum())}
     return result
 
 
@@ -120,7 +135,7 @@ def format_table(result: dict) -> str:
     """Markdown table: each figure as served next to the manifest's (the trainer's report of the same split)."""
     rec = result["manifest_metrics"] or {}
     lines = [f"# {result['model']} {result['version']} as served, {result['split']} split ({result['n']} images)", "",
-             "| metric | served model.onnx | manifest (trainer report) |", "|---|---:|---:|"]
+             f"| metric | {result['model_file']} as served | manifest (trainer report) |", "|---|---:|---:|"]
     for key in COMPARED:
         got = result["metrics"].get(key)
         want = rec.get(key)
@@ -134,6 +149,8 @@ def format_table(result: dict) -> str:
     if result["ood"] is not None:
         lines.append(f"| OOD-flagged share ({result['ood']['flagged']}) | {result['ood']['flagged_share']:.4f} | "
                      f"{rec.get('ood_flagged_share', nan):.4f} |")
+    lines.append(f"| referral as the service answers, with OOD-flagged images (sensitivity / specificity) | "
+                 f"{r['served_sensitivity']:.4f} / {r['served_specificity']:.4f} | |")
     per_class = result["metrics"]["per_class"]
     lines += ["", "Per-class recall as served: " + ", ".join(f"{c} {v['recall']:.2f}" for c, v in per_class.items())]
     return "\n".join(lines)

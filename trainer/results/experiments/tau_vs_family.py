@@ -12,6 +12,7 @@ OOF data and, reported only, on the test split. It chooses nothing.
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,13 @@ from sklearn.metrics import balanced_accuracy_score
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from trainer.ensemble import VIEW_SETS, adjust  # noqa: E402
-from trainer.families import load_families  # noqa: E402
+from trainer.ensemble import CLASS_CODES, VIEW_SETS, adjust
+from trainer.families import load_families
 
 R = ROOT / "trainer" / "results"
 WEIGHTINGS = {"2.4.0 (cv_v1_4)": ("cv", "cv_sog", "cv_v1_4"), "2.5.0 (cv_a035)": ("cv", "cv_sog", "cv_a035")}
 WEIGHTS = (0.5, 0.25, 0.25)
-MEL = 4  # class index of mel in HAM10000 code order (akiec, bcc, bkl, df, mel, nv, vasc)
+MEL = CLASS_CODES.index("mel")
 
 
 def scores(y: np.ndarray, logits: np.ndarray) -> str:
@@ -38,6 +39,9 @@ def scores(y: np.ndarray, logits: np.ndarray) -> str:
 
 def main() -> None:
     views = list(VIEW_SETS[4])
+    print(f"# python trainer/results/experiments/tau_vs_family.py  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC): both "
+          "weightings at both taus, 4 views; OOF figures and test figures (reported only, chose nothing). 2.4.0 serves "
+          "tau 0.35, 2.5.0 tau 0.4 (rule 2 on OOF data).")
     print("| weighting | tau | OOF balanced acc. / acc. / mel sensitivity | test (reported only) |")
     print("|---|---:|---|---|")
     for label, names in WEIGHTINGS.items():
