@@ -282,8 +282,7 @@ def check_parity(models, weights, views, offset, detectors, model_dir: Path, dat
             agree on < 99.5 %, or no test images.
     """
     from export.errors import ExportError
-    from export.parity import MAX_ABS_DIFF, MIN_TOP1_AGREEMENT, top1_agreement
-    from service.preprocessing import preprocess_bytes
+    from export.parity import MAX_ABS_DIFF, MIN_TOP1_AGREEMENT, run_served, served_images, top1_agreement
     from service.runtime import ModelRuntime
     from trainer.data import read_labels, select_rows
 
@@ -291,13 +290,12 @@ def check_parity(models, weights, views, offset, detectors, model_dir: Path, dat
     rows = select_rows(read_labels(Path(data_dir)), "test", None, 0)[:n_images]
     if not rows:
         raise ExportError(f"no test-split images in {data_dir} for the parity check")
-    images = np.stack([preprocess_bytes((Path(data_dir) / r["filename"]).read_bytes(), runtime.spec) for r in rows])
+    images = served_images(Path(data_dir), rows, runtime.spec)
     p_keras, ood_keras = keras_reference(models, weights, views, offset, detectors, images,
                                          runtime.manifest.calibration.temperature)
     # the service's own call: probabilities and the manifest's extra output (ood_score) in one graph run
-    outs = [runtime.predict(images[i:i + 32]) for i in range(0, len(images), 32)]
-    p_onnx = np.concatenate([o.probabilities for o in outs])
-    ood_onnx = np.concatenate([o.extras[OOD_OUTPUT] for o in outs])
+    p_onnx, extras = run_served(runtime, images)
+    ood_onnx = extras[OOD_OUTPUT]
     max_diff = float(np.abs(p_keras - p_onnx).max())
     agree, _ = top1_agreement(p_keras, p_onnx)
     agree_decided, in_band = top1_agreement(p_keras, p_onnx, top1_tie_band)

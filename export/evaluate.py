@@ -58,8 +58,8 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
         service.preprocessing.ImageDecodeError: an image file does not decode.
         ValueError: the split has no images, or a label is not one of the model's classes.
     """
+    from export.parity import run_served, served_images
     from service.answers import ReferralRule
-    from service.preprocessing import preprocess_bytes
     from service.runtime import ModelRuntime
     from trainer.data import read_labels, select_rows
     from trainer.metrics import classification_metrics, is_malignant, sensitivity_specificity
@@ -74,17 +74,8 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
     if unknown:
         raise ValueError(f"labels {unknown} are not classes of model {m.name} {m.version}")
     y = np.array([codes.index(r["label"]) for r in rows])
-    probs, ood = [], []
-    ood_name = m.ood.output if m.ood is not None else None
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        batch = np.stack([preprocess_bytes((Path(data_dir) / r["filename"]).read_bytes(), runtime.spec)
-                          for r in chunk])
-        out = runtime.predict(batch)
-        probs.append(out.probabilities)
-        if ood_name is not None and ood_name in out.extras:
-            ood.append(out.extras[ood_name])
-    p = np.concatenate(probs).astype(np.float64)
+    probs, extras = run_served(runtime, served_images(Path(data_dir), rows, runtime.spec), batch_size)
+    p = probs.astype(np.float64)
 
     rule = ReferralRule.resolve(m)
     referred = np.array([rule.decide(dict(zip(codes, map(float, row))))[1] for row in p])
@@ -103,8 +94,8 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
         "manifest_metrics": (_recorded(m.metrics) if limit is None and split == m.metrics.get("split", "test")
                              else None),
     }
-    if ood:
-        scores = np.concatenate(ood)
+    if m.ood is not None and m.ood.output in extras:
+        scores = extras[m.ood.output]
         flagged = scores > m.ood.threshold
         result["ood"] = {"threshold": m.ood.threshold, "flagged": int(flagged.sum()),
                          "flagged_share": float(flagged.mean())}

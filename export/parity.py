@@ -20,6 +20,42 @@ MAX_ABS_DIFF = 0.01
 MIN_TOP1_AGREEMENT = 0.995
 
 
+def served_images(data_dir: Path, rows: list[dict[str, str]], spec) -> np.ndarray:
+    """The rows' image files decoded as the service decodes uploads (:func:`service.preprocessing.preprocess_bytes`).
+
+    Args:
+        data_dir: dataset folder; each row's ``filename`` is relative to it.
+        rows: ``labels.csv`` rows (:func:`trainer.data.read_labels`).
+        spec: the model's :class:`service.preprocessing.PreprocessSpec` (``ModelRuntime.spec``).
+
+    Returns:
+        ``uint8 (N, H, W, 3)`` RGB.
+
+    Raises:
+        FileNotFoundError: an image file is missing.
+        service.preprocessing.ImageDecodeError: an image file does not decode.
+    """
+    from service.preprocessing import preprocess_bytes
+
+    return np.stack([preprocess_bytes((Path(data_dir) / r["filename"]).read_bytes(), spec) for r in rows])
+
+
+def run_served(runtime, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The service's own graph call (:meth:`service.runtime.ModelRuntime.predict`) over ``images`` in batches.
+
+    Args:
+        runtime: a :class:`service.runtime.ModelRuntime`.
+        images: ``uint8 (N, H, W, 3)`` (:func:`served_images`).
+        batch_size: images per call.
+
+    Returns:
+        (calibrated probabilities ``float32 (N, K)``, each extra output of the manifest ``float32 (N,)`` by name).
+    """
+    outs = [runtime.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    extras = {name: np.concatenate([o.extras[name] for o in outs]) for name in (outs[0].extras if outs else {})}
+    return np.concatenate([o.probabilities for o in outs]), extras
+
+
 def top1_agreement(p_ref: np.ndarray, p_new: np.ndarray, tie_band: float = 0.0) -> tuple[float, int]:
     """Share of images whose top class is the same in both, among those the reference decides clearly.
 
@@ -65,13 +101,7 @@ def check_parity(keras_path: Path, model_dir: Path, data_dir: Path, n_images: in
     temperature = runtime.manifest.calibration.temperature
     p_keras = softmax_with_temperature(np.asarray(model.predict(split.images.astype(np.float32), batch_size=32, verbose=0)), temperature)
 
-    from service.preprocessing import preprocess_bytes
-
-    p_onnx = []
-    for start in range(0, len(split.paths), 32):
-        batch = np.stack([preprocess_bytes(p.read_bytes(), runtime.spec) for p in split.paths[start:start + 32]])
-        p_onnx.append(runtime.predict_proba(batch))
-    p_onnx = np.concatenate(p_onnx)
+    p_onnx, _ = run_served(runtime, served_images(Path(data_dir), rows, runtime.spec))
     max_diff = float(np.abs(p_keras - p_onnx).max())
     agree = float((p_keras.argmax(1) == p_onnx.argmax(1)).mean())
     result = {"images": len(rows), "max_abs_diff": max_diff, "top1_agreement": agree,
