@@ -303,7 +303,8 @@ def check_parity(models, weights, views, offset, detectors, model_dir: Path, dat
     # flags are compared outside the tolerance band around the threshold (a score within
     # max_ood_rel_diff of 1.0 may legitimately land on either side)
     clear = np.abs(ood_keras - 1.0) > max_ood_rel_diff * np.maximum(1.0, np.abs(ood_keras))
-    flag_agree = float(((ood_keras > 1.0) == (ood_onnx > 1.0))[clear].mean()) if clear.any() else 1.0
+    # NaN (a failure below) when every score lies in the band: nothing was compared
+    flag_agree = float(((ood_keras > 1.0) == (ood_onnx > 1.0))[clear].mean()) if clear.any() else float("nan")
     result = {"images": len(rows), "max_abs_diff": max_diff, "top1_agreement": agree,
               "top1_tie_band": top1_tie_band, "images_in_top1_tie_band": in_band,
               "top1_agreement_outside_tie_band": agree_decided,
@@ -313,9 +314,10 @@ def check_parity(models, weights, views, offset, detectors, model_dir: Path, dat
     print(f"ensemble parity on {len(rows)} test images: max |p_keras - p_onnx| = {max_diff:.2e}, top-1 agreement "
           f"{agree:.4f} ({agree_decided:.4f} outside a tie band of {top1_tie_band:g}, {in_band} images "
           f"in it), OOD max rel diff {ood_rel:.2e}", flush=True)
-    # "not >=" also fails a NaN agreement: every image inside the tie band, nothing compared
+    # "not >=" also fails a NaN agreement: every image inside the tie band (or every OOD score inside its
+    # band), nothing compared
     if (max_diff > MAX_ABS_DIFF or not agree_decided >= MIN_TOP1_AGREEMENT or ood_rel > max_ood_rel_diff
-            or flag_agree < MIN_TOP1_AGREEMENT):
+            or not flag_agree >= MIN_TOP1_AGREEMENT):
         raise ExportError(f"parity check failed on {len(rows)} images: {result}; nothing written")
     return result
 

@@ -46,7 +46,7 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
         ``metrics`` from :func:`trainer.metrics.classification_metrics` (probabilities after the manifest's
         temperature); ``referral`` ``{"threshold", "sensitivity", "specificity", "referred", "malignant",
         "malignant_referred", "benign_referred", "benign", "served_sensitivity", "served_specificity",
-        "served_referred"}`` (counts are images; ``served_*`` with the out-of-distribution referrals); ``ood`` ``{"threshold", "flagged",
+        "served_referred", "served_benign_referred"}`` (counts are images; ``served_*`` with the out-of-distribution referrals); ``ood`` ``{"threshold", "flagged",
         "flagged_share"}`` or None for a model without a guard; ``per_image`` lists in row order (``image_ids``,
         ``labels`` as class codes, ``probabilities`` ``(N, K)`` rounded to 1e-6, ``referred``, ``ood_scores`` or
         None); ``manifest_metrics`` the figures the manifest records for this split
@@ -105,18 +105,22 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
         served = referred
     served_sens, served_spec = sensitivity_specificity(served, malignant)
     result["referral"] |= {"served_sensitivity": served_sens, "served_specificity": served_spec,
-                           "served_referred": int(served.sum())}
+                           "served_referred": int(served.sum()),
+                           "served_benign_referred": int((served & ~malignant).sum())}
     return result
 
 
 def _recorded(metrics: dict) -> dict | None:
     """The manifest's test-split figures flattened to :data:`COMPARED` names plus ``referral_sensitivity``,
-    ``referral_specificity`` and ``ood_flagged_share`` (None when the manifest has no ``metrics.test``)."""
+    ``referral_specificity``, ``ood_flagged_share`` and, from manifests written since 2.6.0, the referral as served
+    (``served_referral_sensitivity`` / ``_specificity``: OOD-flagged images referred too); None when the manifest
+    has no ``metrics.test``."""
     if not metrics.get("test"):
         return None
     rec = dict(metrics["test"])
     intervals = metrics.get("confidence_intervals") or {}
-    for key in ("referral_sensitivity", "referral_specificity", "ood_flagged_share"):
+    for key in ("referral_sensitivity", "referral_specificity", "ood_flagged_share",
+                "served_referral_sensitivity", "served_referral_specificity"):
         if key in intervals:
             rec[key] = intervals[key]["estimate"]
     return rec
@@ -141,7 +145,9 @@ def format_table(result: dict) -> str:
         lines.append(f"| OOD-flagged share ({result['ood']['flagged']}) | {result['ood']['flagged_share']:.4f} | "
                      f"{rec.get('ood_flagged_share', nan):.4f} |")
     lines.append(f"| referral as the service answers, with OOD-flagged images (sensitivity / specificity) | "
-                 f"{r['served_sensitivity']:.4f} / {r['served_specificity']:.4f} | |")
+                 f"{r['served_sensitivity']:.4f} / {r['served_specificity']:.4f} | "
+                 + (f"{rec['served_referral_sensitivity']:.4f} / {rec['served_referral_specificity']:.4f} |"
+                    if "served_referral_sensitivity" in rec else "|"))
     per_class = result["metrics"]["per_class"]
     lines += ["", "Per-class recall as served: " + ", ".join(f"{c} {v['recall']:.2f}" for c, v in per_class.items())]
     return "\n".join(lines)

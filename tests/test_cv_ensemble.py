@@ -380,8 +380,15 @@ def test_report_has_cv_table_ablation_and_intervals(tiny_ensemble: Path):
     ci = report["test"]["confidence_intervals"]["balanced_accuracy"]
     assert ci["resamples"] == 100 and ci["low"] <= ci["high"]
     assert report["ood"]["n_ood_images"] >= 40
+    # the referral as the service answers it: OOD-flagged test images are referred too, so it can only catch
+    # more and clear fewer; the share referred for that reason alone is what moves it
+    ref, ood_share = report["test"]["referral"], report["test"]["confidence_intervals"]["ood_flagged_share"]
+    served = ref["served"]
+    assert served["sensitivity"] >= ref["sensitivity"] and served["specificity"] <= ref["specificity"]
+    assert 0 <= served["ood_referred"] <= round(ood_share["estimate"] * report["test"]["n"])
+    assert report["test"]["confidence_intervals"]["served_referral_specificity"]["estimate"] == served["specificity"]
     md = (tiny_ensemble / "ensemble" / "REPORT.md").read_text()
-    assert "Cross-validation" in md and "95 % CI" in md
+    assert "Cross-validation" in md and "95 % CI" in md and "As the service answers" in md
 
 
 @pytest.mark.slow

@@ -235,6 +235,10 @@ def test_confidence_intervals(y: np.ndarray, probs: np.ndarray, lesions: np.ndar
     }
     if ood_flag is not None:
         stats["ood_flagged_share"] = lambda i: float(ood_flag[i].mean())
+        # as the service answers: an OOD-flagged image is referred whatever its malignant probability
+        served = refer | ood_flag
+        stats["served_referral_sensitivity"] = lambda i: sensitivity_specificity(served[i], mal[i])[0]
+        stats["served_referral_specificity"] = lambda i: sensitivity_specificity(served[i], mal[i])[1]
     return {k: bootstrap_ci(f, lesions, n_resamples, seed=7) for k, f in stats.items()}
 
 
@@ -435,8 +439,14 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
     }
     test_final = classification_metrics(yt, final_probs, CLASS_CODES)
     mal = is_malignant(yt, CLASS_CODES)
-    sens, spec = sensitivity_specificity(malignant_probability(final_probs, CLASS_CODES)
-                                         >= referral["malignant_probability_threshold"], mal)
+    refer = malignant_probability(final_probs, CLASS_CODES) >= referral["malignant_probability_threshold"]
+    sens, spec = sensitivity_specificity(refer, mal)
+    test_referral = {"sensitivity": sens, "specificity": spec}
+    if ood_flag is not None:
+        # the service also refers every OOD-flagged image (the threshold was chosen without that reason)
+        s_sens, s_spec = sensitivity_specificity(refer | ood_flag, mal)
+        test_referral["served"] = {"sensitivity": s_sens, "specificity": s_spec,
+                                   "ood_referred": int((ood_flag & ~refer).sum())}
     report = {
         "choices": choices,
         # one CV table per family (each family is its own k-fold split; their folds are not comparable)
@@ -444,7 +454,7 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
         "oof": {"n": len(y), "weights_views_grid": choice_grid, "budget_gmacs_per_image": MAX_GMACS_PER_IMAGE,
                 "view_sets_balanced_accuracy": {str(k): v for k, v in view_scores.items()},
                 "tau_grid": tau_grid, "ablation": ablation_oof},
-        "test": {"n": len(yt), "metrics": test_final, "referral": {"sensitivity": sens, "specificity": spec},
+        "test": {"n": len(yt), "metrics": test_final, "referral": test_referral,
                  "ablation": ablation_test, "members": members_single,
                  "confidence_intervals": test_confidence_intervals(yt, final_probs, lesions,
                                                                    referral["malignant_probability_threshold"],

@@ -65,7 +65,11 @@ def write_markdown(report: dict, path: Path) -> None:
               (f"Refer when P(mel)+P(bcc)+P(akiec) ≥ {r['malignant_probability_threshold']:.3f}, chosen on OOF data for "
               f"malignant sensitivity ≥ {r['target_sensitivity']:.2f} (OOF sensitivity {_f(r['oof_sensitivity'])}, "
               f"specificity {_f(r['oof_specificity'])}). Test: sensitivity {_f(test['referral']['sensitivity'])}, "
-              f"specificity {_f(test['referral']['specificity'])}."),
+              f"specificity {_f(test['referral']['specificity'])}."
+              + (f" As the service answers, with every OOD-flagged image referred too "
+                 f"({test['referral']['served']['ood_referred']} more): sensitivity "
+                 f"{_f(test['referral']['served']['sensitivity'])}, specificity "
+                 f"{_f(test['referral']['served']['specificity'])}." if "served" in test["referral"] else "")),
               f"Adding the low-confidence reason (top-1 < 0.5) at the same OOF sensitivity gives OOF specificity "
               f"{_f(r['with_low_confidence_reason']['oof_specificity'])}: "
               + ("kept." if r["keep_low_confidence_reason"] else
