@@ -157,6 +157,35 @@ def test_hue_rotation_changes_only_hue():
 
 
 @needs_tf
+def test_sharpness_jitter_softens_or_sharpens_each_image_and_keeps_flat_ones():
+    """The optional sharpness jitter scales each image's fine detail (here measured as the variance of its
+    Laplacian) up or down within the set range, keeps its mean, and leaves a flat image as it is."""
+    import tensorflow as tf
+
+    from trainer.augment import make_batch_augment
+
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.uniform(100, 155, (16, 24, 24, 3)).astype(np.float32))
+    step = tf.constant(4, tf.int64)
+    off = {"brightness": 0, "contrast": 0, "saturation": 0}
+    plain, _ = make_batch_augment(seed=5, **off)(step, x, None)
+    sharp, _ = make_batch_augment(seed=5, sharpness=0.8, **off)(step, x, None)
+
+    def laplacian_var(a):
+        a = a.numpy()[:, 1:-1, 1:-1] * 4 - a.numpy()[:, :-2, 1:-1] - a.numpy()[:, 2:, 1:-1] \
+            - a.numpy()[:, 1:-1, :-2] - a.numpy()[:, 1:-1, 2:]
+        return a.reshape(len(a), -1).var(axis=1)
+
+    ratio = laplacian_var(sharp) / laplacian_var(plain)
+    assert ratio.min() < 0.8 and ratio.max() > 1.2, ratio  # both directions occur in a batch of 16
+    assert ratio.max() < 1.8 ** 2 + 0.1 and ratio.min() > 0.2 ** 2 - 0.02, ratio
+    np.testing.assert_allclose(sharp.numpy().mean(axis=(1, 2, 3)), plain.numpy().mean(axis=(1, 2, 3)), atol=0.5)
+    flat = tf.fill((2, 24, 24, 3), 120.0)
+    out, _ = make_batch_augment(seed=5, min_area=1.0, sharpness=0.8, **off)(step, flat, None)
+    np.testing.assert_allclose(out.numpy(), 120.0, atol=1e-3)
+
+
+@needs_tf
 def test_shades_of_gray_member_ignores_white_balance_and_exposure():
     """A member built with colour constancy answers the same under a global per-channel gain (no clipping);
     without it the answer moves. Both have the same weights, so ``weights.npz`` files load either way."""

@@ -118,7 +118,7 @@ def train_dataset(split: Split, cfg: TrainConfig, seed: int, n_classes: int):
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     ds = ds.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True).batch(cfg.batch_size)
     aug = make_batch_augment(seed, cfg.crop_min_area, cfg.aug_brightness, cfg.aug_contrast, cfg.aug_saturation,
-                             cfg.aug_hue) if cfg.augment else None
+                             cfg.aug_hue, cfg.aug_sharpness) if cfg.augment else None
 
     def prepare(step, xy):
         x, y = tf.cast(xy[0], tf.float32), tf.one_hot(xy[1], n_classes)
