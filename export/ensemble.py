@@ -217,11 +217,17 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
             output=OutputSpec(name=OUTPUT_NAME),
             calibration=Calibration(method="temperature", temperature=choices["temperature"], fitted_on="out-of-fold"),
             referral=Referral(
-                malignant_probability_threshold=round(ref["malignant_probability_threshold"], 4),
+                # with the low-confidence reason kept, the threshold chosen for the pair of reasons
+                malignant_probability_threshold=round(
+                    ref["with_low_confidence_reason"]["malignant_probability_threshold"]
+                    if ref["keep_low_confidence_reason"] else ref["malignant_probability_threshold"], 4),
                 min_top_probability=0.5 if ref["keep_low_confidence_reason"] else 0.0,
                 chosen_on="out-of-fold predictions of the train + val pool",
-                target_sensitivity=ref["target_sensitivity"], validation_sensitivity=ref["oof_sensitivity"],
-                validation_specificity=ref["oof_specificity"],
+                target_sensitivity=ref["target_sensitivity"],
+                validation_sensitivity=(ref["with_low_confidence_reason"] if ref["keep_low_confidence_reason"]
+                                        else ref)["oof_sensitivity"],
+                validation_specificity=(ref["with_low_confidence_reason"] if ref["keep_low_confidence_reason"]
+                                        else ref)["oof_specificity"],
                 operating_points=ref.get("operating_points", [])),
             ood=OutOfDistribution(output=OOD_OUTPUT, method="mahalanobis_penultimate_mean_ratio (Lee et al. 2018)",
                                   threshold=1.0, description=OOD_DESCRIPTION,
@@ -279,7 +285,8 @@ def check_parity(models, weights, views, offset, detectors, model_dir: Path, dat
     Raises:
         ExportError: probabilities differ by > 0.01, top-1 agreement (outside the tie band) < 99.5 % or no
             image outside the band, OOD scores differ by more than ``max_ood_rel_diff`` (relative) or OOD flags
-            agree on < 99.5 %, or no test images.
+            agree on < 99.5 % of the images whose score lies outside that tolerance around the threshold (or no
+            score does), or no test images.
     """
     from export.errors import ExportError
     from export.parity import MAX_ABS_DIFF, MIN_TOP1_AGREEMENT, run_served, served_images, top1_agreement

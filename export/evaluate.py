@@ -8,8 +8,10 @@ through the service's own path — file bytes, :func:`service.preprocessing.prep
 functions (:func:`trainer.metrics.classification_metrics`), the service's referral rule
 (:meth:`service.answers.ReferralRule.decide` with the manifest's thresholds) and the manifest's OOD threshold
 (flagged when ``ood_score > threshold``, as :meth:`service.answers.AnswerShaper.ood_flag`). The referral figures
-compared with the manifest are the probability rule's alone, as the trainer reports them; the service also refers
-every image it flags out-of-distribution, and that figure is reported beside them (``referral.served_*``).
+are reported twice: by the probability rule alone, and as the service answers with its default OOD policy
+(``flag``) and the manifest's OOD threshold, which refers every flagged image too (``referral.served_*``); each
+is compared with the manifest's figure where the manifest records it (the served one only in manifests exported
+after 2.5.0).
 
 It prints each figure next to the one the manifest records for the same split (``metrics.test``), so a served
 file whose behaviour drifted from its report shows. It chooses nothing; with the test split it is reporting only.
@@ -46,7 +48,7 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
         ``metrics`` from :func:`trainer.metrics.classification_metrics` (probabilities after the manifest's
         temperature); ``referral`` ``{"threshold", "sensitivity", "specificity", "referred", "malignant",
         "malignant_referred", "benign_referred", "benign", "served_sensitivity", "served_specificity",
-        "served_referred", "served_benign_referred"}`` (counts are images; ``served_*`` with the out-of-distribution referrals); ``ood`` ``{"threshold", "flagged",
+        "served_referred", "served_malignant_referred", "served_benign_referred"}`` (counts are images; ``served_*`` with the out-of-distribution referrals); ``ood`` ``{"threshold", "flagged",
         "flagged_share"}`` or None for a model without a guard; ``per_image`` lists in row order (``image_ids``,
         ``labels`` as class codes, ``probabilities`` ``(N, K)`` rounded to 1e-6, ``referred``, ``ood_scores`` or
         None); ``manifest_metrics`` the figures the manifest records for this split
@@ -106,13 +108,14 @@ def evaluate_model_dir(model_dir: Path, data_dir: Path, split: str = "test", bat
     served_sens, served_spec = sensitivity_specificity(served, malignant)
     result["referral"] |= {"served_sensitivity": served_sens, "served_specificity": served_spec,
                            "served_referred": int(served.sum()),
+                           "served_malignant_referred": int((served & malignant).sum()),
                            "served_benign_referred": int((served & ~malignant).sum())}
     return result
 
 
 def _recorded(metrics: dict) -> dict | None:
     """The manifest's test-split figures flattened to :data:`COMPARED` names plus ``referral_sensitivity``,
-    ``referral_specificity``, ``ood_flagged_share`` and, from manifests written since 2.6.0, the referral as served
+    ``referral_specificity``, ``ood_flagged_share`` and, when the manifest records them, the referral as served
     (``served_referral_sensitivity`` / ``_specificity``: OOD-flagged images referred too); None when the manifest
     has no ``metrics.test``."""
     if not metrics.get("test"):

@@ -213,6 +213,47 @@ def test_shades_of_gray_member_ignores_white_balance_and_exposure():
         build_model("simple_cnn", 48, 7, colour_constancy="grey_world")
 
 
+def test_referral_decisions_follow_the_rule_the_manifest_states():
+    """trainer.ensemble.referral_decisions is the rule the exporter writes: the malignant threshold alone, or,
+    with the low-confidence reason kept, the threshold chosen for the pair plus top-1 < 0.5."""
+    from trainer.ensemble import CLASS_CODES, referral_decisions
+
+    k = len(CLASS_CODES)
+    mel, nv = CLASS_CODES.index("mel"), CLASS_CODES.index("nv")
+    probs = np.full((3, k), 0.0)
+    probs[0, [mel, nv]] = [0.3, 0.7]       # P(malignant) 0.3, confident
+    probs[1, [mel, nv]] = [0.1, 0.9]       # P(malignant) 0.1, confident
+    probs[2, :] = 1.0 / k                  # P(malignant) 3/7, top-1 1/7 < 0.5
+    rule = {"malignant_probability_threshold": 0.25, "keep_low_confidence_reason": False,
+            "with_low_confidence_reason": {"malignant_probability_threshold": 0.5}}
+    t, refer = referral_decisions(rule, probs)
+    assert t == 0.25 and refer.tolist() == [True, False, True]
+    t, refer = referral_decisions(rule | {"keep_low_confidence_reason": True}, probs)
+    assert t == 0.5 and refer.tolist() == [False, False, True]
+
+
+def test_evaluator_compares_the_served_referral_when_the_manifest_records_it():
+    """export.evaluate reads the served-referral figures from a manifest's intervals and prints them beside its
+    own; an older manifest without them leaves the column empty."""
+    from export.evaluate import _recorded, format_table
+
+    est = lambda v: {"estimate": v}
+    metrics = {"test": {"n": 10}, "confidence_intervals": {
+        "referral_sensitivity": est(0.9), "referral_specificity": est(0.75), "ood_flagged_share": est(0.03),
+        "served_referral_sensitivity": est(0.92), "served_referral_specificity": est(0.7)}}
+    rec = _recorded(metrics)
+    assert rec["served_referral_sensitivity"] == 0.92 and rec["served_referral_specificity"] == 0.7
+    old = _recorded({"test": {"n": 10}, "confidence_intervals": {"referral_sensitivity": est(0.9)}})
+    assert "served_referral_sensitivity" not in old and _recorded({}) is None
+    result = {"model": "m", "version": "1", "split": "test", "n": 10, "model_file": "model.onnx",
+              "metrics": {"per_class": {}}, "ood": None, "manifest_metrics": rec,
+              "referral": {"malignant_referred": 2, "malignant": 2, "sensitivity": 1.0, "benign_referred": 2,
+                           "benign": 8, "specificity": 0.75, "served_sensitivity": 1.0, "served_specificity": 0.625}}
+    assert "| 1.0000 / 0.6250 | 0.9200 / 0.7000 |" in format_table(result)
+    result["manifest_metrics"] = old
+    assert "| 1.0000 / 0.6250 | |" in format_table(result)
+
+
 def test_top1_agreement_leaves_out_only_near_ties():
     """The parity check's top-class comparison (export.parity.top1_agreement): a swap of a near-tie inside the band
     is not counted, a swap of a clearer decision is, and a band holding every image compares nothing (NaN, which
@@ -409,13 +450,19 @@ def test_report_has_cv_table_ablation_and_intervals(tiny_ensemble: Path):
     ci = report["test"]["confidence_intervals"]["balanced_accuracy"]
     assert ci["resamples"] == 100 and ci["low"] <= ci["high"]
     assert report["ood"]["n_ood_images"] >= 40
-    # the referral as the service answers it: OOD-flagged test images are referred too, so it can only catch
-    # more and clear fewer; the share referred for that reason alone is what moves it
-    ref, ood_share = report["test"]["referral"], report["test"]["confidence_intervals"]["ood_flagged_share"]
+    # the referral as the service answers it: OOD-flagged test images are referred too; the images referred
+    # for that reason alone account exactly for the difference from the probability rule
+    ref, cis = report["test"]["referral"], report["test"]["confidence_intervals"]
     served = ref["served"]
-    assert served["sensitivity"] >= ref["sensitivity"] and served["specificity"] <= ref["specificity"]
-    assert 0 <= served["ood_referred"] <= round(ood_share["estimate"] * report["test"]["n"])
-    assert report["test"]["confidence_intervals"]["served_referral_specificity"]["estimate"] == served["specificity"]
+    assert ref["malignant"] + ref["benign"] == report["test"]["n"]
+    assert served["specificity"] * ref["benign"] == pytest.approx(
+        ref["specificity"] * ref["benign"] - served["ood_referred_benign"])
+    assert served["sensitivity"] * ref["malignant"] == pytest.approx(
+        ref["sensitivity"] * ref["malignant"] + served["ood_referred_malignant"])
+    assert served["ood_referred_benign"] + served["ood_referred_malignant"] <= round(
+        cis["ood_flagged_share"]["estimate"] * report["test"]["n"])
+    assert cis["served_referral_specificity"]["estimate"] == served["specificity"]
+    assert cis["referral_specificity"]["estimate"] == ref["specificity"]
     md = (tiny_ensemble / "ensemble" / "REPORT.md").read_text()
     assert "Cross-validation" in md and "95 % CI" in md and "As the service answers" in md
 

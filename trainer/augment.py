@@ -15,10 +15,12 @@ does each as one vectorised op per batch:
 - optionally a hue rotation per image (off by default; one batched RGB->HSV->RGB round trip);
 - optionally a sharpness change per image (off by default): ``blur + s * (x - blur)`` with a fixed Gaussian
   blur (sigma 1 px, 5 x 5) and ``s`` uniform in ``1 +- sharpness`` -- below 1 it softens, above 1 it is an
-  unsharp mask, the operation behind ``PIL.ImageFilter.UnsharpMask``. Measured reason: an unsharp mask on
-  the test files moves 4 % of the served model's top classes
-  (``trainer/results/experiments/input_resolution.txt``), and hospital dermatoscopes deliver sharper
-  images than the 200x150 JPEG copies the members learn from.
+  unsharp mask, the operation behind ``PIL.ImageFilter.UnsharpMask`` (without its threshold). Reason: an
+  unsharp mask on upsampled test files moves a few per cent of the served model's top classes
+  (``trainer/results/experiments/input_resolution.txt``), and images from other dermatoscopes may be
+  sharper (or softer) than the 200x150 JPEG copies the members learn from. The jitter works at the model's
+  input scale (sigma 1 px of 160), coarser than that measurement's mask (radius 2 px of 600x450, ~0.5 px
+  of 160): ``trainer/results/experiments/sharpness_shift.py`` measures whether it transfers.
 
 The defaults are the recipe of the ``cv``/``cv_b``/``cv_c`` families; :class:`trainer.config.TrainConfig`
 exposes each strength (``crop_min_area``, ``aug_brightness``, ``aug_contrast``, ``aug_saturation``,

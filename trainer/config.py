@@ -156,7 +156,7 @@ class TrainConfig(BaseModel):
     aug_hue: float = Field(0.0, ge=0, le=0.5, description="hue rotation, +- share of the colour circle (0 = none)")
     aug_sharpness: float = Field(
         0.0, ge=0, le=1, description="sharpness jitter: detail above a 1-px Gaussian blur scaled by 1 +- this "
-        "(0 = none; trainer.augment)")
+        "(0 = none; trainer.augment; used by trainer.cv members only, like aug_hue)")
     early_stopping_patience: int = Field(4, description="epochs without val balanced-accuracy gain")
     seed: int = 42
     limit_per_split: int | None = Field(None, description="use at most this many images per split (smoke tests)")

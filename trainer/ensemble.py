@@ -195,6 +195,21 @@ def referral_rule(y: np.ndarray, probs: np.ndarray, target: float) -> dict:
             "keep_low_confidence_reason": bool(spec2 - spec >= MIN_SPECIFICITY_GAIN)}
 
 
+def referral_decisions(referral: dict, probs: np.ndarray) -> tuple[float, np.ndarray]:
+    """The referral rule as the exporter writes it into the manifest and the service applies it (without the
+    out-of-distribution reason), on ``float (N, K)`` probabilities -> ``(malignant threshold, bool (N,))``.
+
+    With the low-confidence reason kept (:func:`referral_rule`), the rule is ``P(malignant) >= t2`` or top-1
+    probability < 0.5, where ``t2`` is the threshold chosen *for that pair*; otherwise ``P(malignant) >= t``.
+    """
+    p_mal = malignant_probability(probs, CLASS_CODES)
+    if referral["keep_low_confidence_reason"]:
+        t = referral["with_low_confidence_reason"]["malignant_probability_threshold"]
+        return t, (p_mal >= t) | (probs.max(1) < 0.5)
+    t = referral["malignant_probability_threshold"]
+    return t, p_mal >= t
+
+
 def summary_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
     """The headline figures of one row of the ablation tables."""
     m = classification_metrics(y, probs, CLASS_CODES)
@@ -208,16 +223,21 @@ def ensemble_logits(test_logits: np.ndarray, views: tuple[int, ...], member_weig
     return np.tensordot(member_weights, test_logits[:, list(views)].mean(axis=1), axes=1)
 
 
-def test_confidence_intervals(y: np.ndarray, probs: np.ndarray, lesions: np.ndarray, referral_threshold: float,
+def test_confidence_intervals(y: np.ndarray, probs: np.ndarray, lesions: np.ndarray, refer: np.ndarray,
                               ood_flag: np.ndarray | None, n_resamples: int = 1000) -> dict:
-    """95 % lesion-bootstrap intervals (:func:`trainer.metrics.bootstrap_ci`) of the headline test metrics."""
+    """95 % lesion-bootstrap intervals (:func:`trainer.metrics.bootstrap_ci`) of the headline test metrics.
+
+    Args:
+        y: ``int (N,)`` labels; probs: ``float (N, K)`` served probabilities; lesions: ``(N,)`` lesion ids.
+        refer: ``bool (N,)`` referral decisions of the rule (:func:`referral_decisions`).
+        ood_flag: ``bool (N,)`` images the guard flags (the service refers them too), or None.
+    """
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     pred = probs.argmax(1)
     mel = CLASS_CODES.index("mel")
     mal = is_malignant(y, CLASS_CODES)
     p_mal = malignant_probability(probs, CLASS_CODES)
-    refer = p_mal >= referral_threshold
 
     def macro_auc(i):
         return float(roc_auc_score(y[i], probs[i], multi_class="ovr", average="macro",
@@ -439,14 +459,18 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
     }
     test_final = classification_metrics(yt, final_probs, CLASS_CODES)
     mal = is_malignant(yt, CLASS_CODES)
-    refer = malignant_probability(final_probs, CLASS_CODES) >= referral["malignant_probability_threshold"]
+    _, refer = referral_decisions(referral, final_probs)
     sens, spec = sensitivity_specificity(refer, mal)
-    test_referral = {"sensitivity": sens, "specificity": spec}
+    test_referral = {"sensitivity": sens, "specificity": spec, "malignant": int(mal.sum()),
+                     "benign": int((~mal).sum())}
     if ood_flag is not None:
-        # the service also refers every OOD-flagged image (the threshold was chosen without that reason)
+        # as the service answers with its default policy (flag) and the manifest's OOD threshold: it also
+        # refers every OOD-flagged image (the threshold was chosen without that reason)
         s_sens, s_spec = sensitivity_specificity(refer | ood_flag, mal)
+        extra = ood_flag & ~refer
         test_referral["served"] = {"sensitivity": s_sens, "specificity": s_spec,
-                                   "ood_referred": int((ood_flag & ~refer).sum())}
+                                   "ood_referred_malignant": int((extra & mal).sum()),
+                                   "ood_referred_benign": int((extra & ~mal).sum())}
     report = {
         "choices": choices,
         # one CV table per family (each family is its own k-fold split; their folds are not comparable)
@@ -456,8 +480,7 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
                 "tau_grid": tau_grid, "ablation": ablation_oof},
         "test": {"n": len(yt), "metrics": test_final, "referral": test_referral,
                  "ablation": ablation_test, "members": members_single,
-                 "confidence_intervals": test_confidence_intervals(yt, final_probs, lesions,
-                                                                   referral["malignant_probability_threshold"],
+                 "confidence_intervals": test_confidence_intervals(yt, final_probs, lesions, refer,
                                                                    ood_flag, n_resamples)},
         "ood": ood,
         "training_wall_time_seconds": {

@@ -66,8 +66,9 @@ def write_markdown(report: dict, path: Path) -> None:
               f"malignant sensitivity ≥ {r['target_sensitivity']:.2f} (OOF sensitivity {_f(r['oof_sensitivity'])}, "
               f"specificity {_f(r['oof_specificity'])}). Test: sensitivity {_f(test['referral']['sensitivity'])}, "
               f"specificity {_f(test['referral']['specificity'])}."
-              + (f" As the service answers, with every OOD-flagged image referred too "
-                 f"({test['referral']['served']['ood_referred']} more): sensitivity "
+              + (f" As the service answers (default OOD policy `flag`, the manifest's OOD threshold), with every "
+                 f"OOD-flagged image referred too ({test['referral']['served']['ood_referred_malignant']} malignant "
+                 f"and {test['referral']['served']['ood_referred_benign']} benign images more): sensitivity "
                  f"{_f(test['referral']['served']['sensitivity'])}, specificity "
                  f"{_f(test['referral']['served']['specificity'])}." if "served" in test["referral"] else "")),
               f"Adding the low-confidence reason (top-1 < 0.5) at the same OOF sensitivity gives OOF specificity "

@@ -4,8 +4,8 @@
 > trainer/results/experiments/sharpness_shift.txt``
 (arguments: member directories, or family directories meaning all their members)
 
-``input_resolution.txt`` found that an unsharp mask moves 4 % of the served model's top classes on the test
-split. Family ``cv_a035_sharp`` is ``cv_a035`` (same network, recipe and 3-fold split, fold seed 7) trained with
+``input_resolution.txt`` found that an unsharp mask on upsampled test files moves a few per cent of the served
+model's top classes. Family ``cv_a035_sharp`` is ``cv_a035`` (same network, recipe and 3-fold split, fold seed 7) trained with
 ``aug_sharpness=0.8`` (:mod:`trainer.augment`). Each member is scored on **its own held-out fold** (never the
 test split), identity view, arg-max, no tau, with each image made the way ``input_resolution.py`` makes it
 from the stored 200x150 file and then decoded as the service decodes uploads
@@ -19,6 +19,8 @@ from the stored 200x150 file and then decoded as the service decodes uploads
 Reported per member: held-out balanced accuracy under each, and the share of held-out images whose top class
 under ``sharpened`` / ``softened`` equals the one under ``600x450`` (the resize alone is not the question).
 Members with the same fold seed and fold share held-out images, so the two families compare fold by fold.
+The jitter acts at the model's input scale (Gaussian sigma 1 px of 160) and the shifts here at 600x450 (radius
+2 px, ~0.5 px of 160): this measures whether training on one transfers to the other.
 """
 
 from __future__ import annotations
