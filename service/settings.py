@@ -169,7 +169,7 @@ class BatchingSettings(_Group):
         8, ge=1, description="images per onnxruntime call at most. 8 for the bundled ensembles on 2 CPU cores: "
         "for 2.2.0, against 32 it kept throughput (1.08x at concurrency 8, 1.12x at 32) and cut RSS under load "
         "from ~990 to ~430 MB (0.44x), since onnxruntime's arena keeps the largest batch's tensors (7 members x 4 views per image; "
-        "benchmarks/RESULTS.md, 2026-12-07; 2.3.0: 434 MB, 2.4.0: 442 MB, 2.5.0: 445 MB). A GPU may want more")
+        "benchmarks/RESULTS.md, 2026-12-07; 2.3.0: 434 MB, 2.4.0: 442 MB, 2.5.0: 445 MB, 2.6.0: 358 MB). A GPU may want more")
     max_delay_s: Annotated[float, Flat("max_batch_delay_ms")] = Field(
         0.002, ge=0, description="how long an open batch waits for more images (seconds); a lone image on an "
         "idle queue runs without waiting"
