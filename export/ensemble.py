@@ -195,6 +195,8 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
         raise ExportError("choices.json names no guarding member (trainer.ensemble ran with --no-ood?); "
                           "the served ensemble needs its out-of-distribution output")
     ref = choices["referral"]
+    # the rule as served: with the low-confidence reason kept, the threshold chosen for the pair of reasons
+    rule = ref["with_low_confidence_reason"] if ref["keep_low_confidence_reason"] else ref
     with staged_directory(output_dir, force) as tmp:
         outputs = convert(models, weights, views, offset, detectors, size, tmp / "model.onnx")
         storage = {"conv_weights": "float32"}
@@ -217,17 +219,11 @@ def export_ensemble(ensemble_dir: Path, output_dir: Path, name: str, version_str
             output=OutputSpec(name=OUTPUT_NAME),
             calibration=Calibration(method="temperature", temperature=choices["temperature"], fitted_on="out-of-fold"),
             referral=Referral(
-                # with the low-confidence reason kept, the threshold chosen for the pair of reasons
-                malignant_probability_threshold=round(
-                    ref["with_low_confidence_reason"]["malignant_probability_threshold"]
-                    if ref["keep_low_confidence_reason"] else ref["malignant_probability_threshold"], 4),
+                malignant_probability_threshold=round(rule["malignant_probability_threshold"], 4),
                 min_top_probability=0.5 if ref["keep_low_confidence_reason"] else 0.0,
                 chosen_on="out-of-fold predictions of the train + val pool",
                 target_sensitivity=ref["target_sensitivity"],
-                validation_sensitivity=(ref["with_low_confidence_reason"] if ref["keep_low_confidence_reason"]
-                                        else ref)["oof_sensitivity"],
-                validation_specificity=(ref["with_low_confidence_reason"] if ref["keep_low_confidence_reason"]
-                                        else ref)["oof_specificity"],
+                validation_sensitivity=rule["oof_sensitivity"], validation_specificity=rule["oof_specificity"],
                 operating_points=ref.get("operating_points", [])),
             ood=OutOfDistribution(output=OOD_OUTPUT, method="mahalanobis_penultimate_mean_ratio (Lee et al. 2018)",
                                   threshold=1.0, description=OOD_DESCRIPTION,

@@ -195,19 +195,18 @@ def referral_rule(y: np.ndarray, probs: np.ndarray, target: float) -> dict:
             "keep_low_confidence_reason": bool(spec2 - spec >= MIN_SPECIFICITY_GAIN)}
 
 
-def referral_decisions(referral: dict, probs: np.ndarray) -> tuple[float, np.ndarray]:
+def referral_decisions(referral: dict, probs: np.ndarray) -> np.ndarray:
     """The referral rule as the exporter writes it into the manifest and the service applies it (without the
-    out-of-distribution reason), on ``float (N, K)`` probabilities -> ``(malignant threshold, bool (N,))``.
+    out-of-distribution reason), on ``float (N, K)`` probabilities -> ``bool (N,)``.
 
     With the low-confidence reason kept (:func:`referral_rule`), the rule is ``P(malignant) >= t2`` or top-1
     probability < 0.5, where ``t2`` is the threshold chosen *for that pair*; otherwise ``P(malignant) >= t``.
     """
     p_mal = malignant_probability(probs, CLASS_CODES)
     if referral["keep_low_confidence_reason"]:
-        t = referral["with_low_confidence_reason"]["malignant_probability_threshold"]
-        return t, (p_mal >= t) | (probs.max(1) < 0.5)
-    t = referral["malignant_probability_threshold"]
-    return t, p_mal >= t
+        return (p_mal >= referral["with_low_confidence_reason"]["malignant_probability_threshold"]) | \
+            (probs.max(1) < 0.5)
+    return p_mal >= referral["malignant_probability_threshold"]
 
 
 def summary_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
@@ -459,7 +458,7 @@ def analyse(members_dirs: list[Path] | Path = MEMBERS_DIR, out: Path = ENSEMBLE_
     }
     test_final = classification_metrics(yt, final_probs, CLASS_CODES)
     mal = is_malignant(yt, CLASS_CODES)
-    _, refer = referral_decisions(referral, final_probs)
+    refer = referral_decisions(referral, final_probs)
     sens, spec = sensitivity_specificity(refer, mal)
     test_referral = {"sensitivity": sens, "specificity": spec, "malignant": int(mal.sum()),
                      "benign": int((~mal).sum())}
